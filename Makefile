@@ -1,0 +1,74 @@
+# One place for the commands. `make book` and `make test` set everything up.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU builds by default (CI, laptops); the GPU book workflow passes
+# CONSTRAINTS=constraints-gpu.txt EXTRAS=gpu.
+CONSTRAINTS ?= constraints-cpu.txt
+EXTRAS ?= cpu
+STAMP := $(VENV)/.installed-$(EXTRAS)
+BUDGET ?= quick
+export BUDGET
+# Keep TensorFlow's C++ and absl start-up lines out of logs and notebook outputs.
+export TF_CPP_MIN_LOG_LEVEL := 3
+export PYTHONHASHSEED := 0
+# JAX takes GPU memory as it needs it, so three frameworks can share one GPU.
+export XLA_PYTHON_CLIENT_PREALLOCATE := false
+
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+
+.PHONY: help venv book test lint unit nbval notebooks lab bench clean
+
+help:
+	@echo "make book       build the HTML book into _build/html (executes every chapter)"
+	@echo "make test       lint, unit/property/parity/serialization tests, nbval"
+	@echo "make notebooks  re-execute every notebook in place (refresh stored outputs)"
+	@echo "make lab        JupyterLab on the notebooks"
+	@echo "make bench      benchmarks: ratios against the bare framework layers"
+	@echo "make clean      remove build outputs (keeps .venv)"
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	touch $@
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	rm -rf _build/html
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "book built: _build/html/index.html"
+
+lint: $(STAMP)
+	$(BIN)/ruff check reference_impl tests benchmarks notebooks
+	$(BIN)/ruff format --check reference_impl tests benchmarks notebooks
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg -q -p no:randomly
+
+test: lint unit nbval
+
+notebooks: $(STAMP)
+	for nb in $(NOTEBOOKS); do \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=1200 "$$nb"; \
+	done
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(BIN)/python "$$b"; done
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis .benchmarks
