@@ -67,9 +67,11 @@ NOISY_BASES = ("zero", "learnable")
 """Base states the ``noisy`` strategy adds its noise to."""
 
 #: Options each strategy accepts, with their defaults. ``None`` means "derived from
-#: the sizes" (``bound``) or "framework's global generator" (``seed``).
+#: the sizes" (``bound``) or "framework's global generator" (``seed``). Every
+#: strategy takes ``seed`` (``zero`` ignores it), so switching strategies is a
+#: one-word change.
 OPTIONS: dict[str, dict[str, Any]] = {
-    "zero": {},
+    "zero": {"seed": None},
     "uniform": {"bound": None, "resample": True, "seed": None},
     "xavier": {"gain": 1.0, "resample": True, "seed": None},
     "learnable": {"init": "zeros", "seed": None},
@@ -140,7 +142,7 @@ def resolve_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
     >>> resolve_options("zero", {"bound": 1.0})
     Traceback (most recent call last):
     ...
-    ValueError: unknown option(s) ['bound'] for strategy 'zero'; it accepts none
+    ValueError: unknown option(s) ['bound'] for strategy 'zero'; it accepts ['seed']
     """
     check_strategy(strategy)
     allowed = OPTIONS[strategy]
@@ -235,9 +237,7 @@ def state_shapes(
     check_positive_int("num_layers", num_layers)
     check_positive_int("batch_size", batch_size)
     rows = num_layers * (2 if bidirectional else 1)
-    return tuple(
-        (rows, batch_size, f) for f in component_features(cell, hidden_size, proj_size)
-    )
+    return tuple((rows, batch_size, f) for f in component_features(cell, hidden_size, proj_size))
 
 
 # --------------------------------------------------------------------------- bounds

@@ -148,7 +148,9 @@ class InitialState(nn.Module):
             # Sampled once, stored (saved in state_dict, not trained), broadcast.
             gen = torch.Generator().manual_seed(opts["seed"]) if opts["seed"] is not None else None
             for name, f in zip(self._names(), self.features, strict=True):
-                vec = _uniform((self.rows, f), self._bound(f), torch.float32, torch.device("cpu"), gen)
+                vec = _uniform(
+                    (self.rows, f), self._bound(f), torch.float32, torch.device("cpu"), gen
+                )
                 self.register_buffer(name, vec)
         if strategy == "noisy":
             if opts["learnable_std"]:
@@ -326,9 +328,7 @@ class InitialStateRNN(nn.Module):
         lstm = init.cell == "lstm"
         if lstm:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError(
-                    f"an LSTM state must be a tuple (h0, c0); got {type(hx).__name__}"
-                )
+                raise TypeError(f"an LSTM state must be a tuple (h0, c0); got {type(hx).__name__}")
             parts = tuple(hx)
         else:
             if not isinstance(hx, Tensor):
@@ -454,4 +454,3 @@ class NoisyCell(nn.Module):
         if not outs:
             raise ValueError("the input sequence has no time steps")
         return torch.stack(outs, time_dim), state
-

@@ -1,0 +1,543 @@
+"""reference_impl.torch against spec.py: values, statistics, gradients, round trips, errors."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from reference_impl import STRATEGIES, spec
+from reference_impl import torch as ri
+
+LAYERS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
+
+
+def make(cell, *args, **kwargs):
+    return LAYERS[cell](*args, **kwargs)
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    strategy=st.sampled_from(STRATEGIES),
+    cell=st.sampled_from(spec.CELLS),
+    hidden=st.integers(2, 20),
+    batch=st.integers(1, 7),
+    layers=st.integers(1, 3),
+    bidir=st.booleans(),
+    proj=st.integers(0, 1),
+)
+def test_init_shapes_match_spec(strategy, cell, hidden, batch, layers, bidir, proj):
+    proj_size = proj if cell == "lstm" else 0
+    init = ri.InitialState(
+        strategy,
+        hidden_size=hidden,
+        num_layers=layers,
+        bidirectional=bidir,
+        cell=cell,
+        proj_size=proj_size,
+    )
+    state = as_tuple(init.init(batch))
+    expected = spec.state_shapes(
+        cell,
+        hidden_size=hidden,
+        batch_size=batch,
+        num_layers=layers,
+        bidirectional=bidir,
+        proj_size=proj_size,
+    )
+    assert tuple(tuple(s.shape) for s in state) == expected
+    assert all(s.dtype == torch.float32 for s in state)
+
+
+@pytest.mark.parametrize("cell", spec.CELLS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_state_is_accepted_by_the_layer_and_matches_bare_call(cell, strategy):
+    torch.manual_seed(0)
+    rnn = make(cell, 6, 12, num_layers=2, bidirectional=True, batch_first=True)
+    model = ri.InitialStateRNN(rnn, strategy=strategy, seed=3)
+    model.eval()  # noisy: the base state, deterministic
+    if strategy == "learnable":
+        with torch.no_grad():
+            for p in model.initial_state.parameters():
+                p.normal_()
+    x = torch.randn(5, 7, 6)
+    out, state = model(x)
+    assert out.shape == (5, 7, 24)
+    # the same computation done by hand: the layer called with the strategy's state
+    if strategy in ("uniform", "xavier"):
+        model.initial_state._generators = ri._Generators(3)
+        hx = model.initial_state.init(5, like=x)
+    else:
+        hx = model.initial_state.init(5, like=x)
+    ref_out, ref_state = rnn(x, hx)
+    torch.testing.assert_close(out, ref_out)
+    for a, b in zip(as_tuple(state), as_tuple(ref_state), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_wrapped_layer_runs_once_per_call():
+    rnn = nn.GRU(4, 8, num_layers=2)
+    calls = []
+    rnn.register_forward_hook(lambda *a: calls.append(1))
+    model = ri.InitialStateRNN(rnn)
+    model(torch.randn(50, 3, 4))
+    assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_zero_is_zero():
+    h, c = ri.InitialState("zero", hidden_size=9, cell="lstm", num_layers=2).init(4)
+    assert not h.any() and not c.any()
+
+
+@pytest.mark.parametrize("hidden", [16, 128])
+def test_uniform_bound_and_std(hidden):
+    torch.manual_seed(0)
+    h = ri.InitialState("uniform", hidden_size=hidden).init(4096)
+    b = spec.uniform_bound(hidden)
+    assert h.abs().max() <= b
+    assert h.abs().max() > 0.95 * b
+    assert h.std().item() == pytest.approx(spec.uniform_std(b), rel=0.02)
+    h = ri.InitialState("uniform", hidden_size=hidden, bound=0.5).init(4096)
+    assert h.abs().max() <= 0.5 and h.abs().max() > 0.49
+
+
+@pytest.mark.parametrize("batch", [1, 16, 1024])
+def test_xavier_bound_does_not_depend_on_batch(batch):
+    torch.manual_seed(0)
+    init = ri.InitialState("xavier", hidden_size=64, num_layers=2, cell="lstm")
+    b = spec.xavier_bound(64)
+    for s in init.init(batch):
+        assert s.abs().max() <= b
+    # the empirical std, pooled over many draws, is that of U(-b, b) for every batch
+    draws = torch.cat([init.init(batch)[0].flatten() for _ in range(max(1, 4096 // batch))])
+    assert draws.std().item() == pytest.approx(spec.uniform_std(b), rel=0.05)
+
+
+def test_torch_xavier_uniform_on_the_state_depends_on_batch():
+    """The widely copied mistake, measured: the package's bound does not move."""
+    torch.manual_seed(0)
+    stds = {}
+    for batch in (4, 256):
+        h = torch.empty(1, batch, 64)
+        nn.init.xavier_uniform_(h)
+        stds[batch] = h.std().item()
+        assert h.abs().max() <= spec.naive_glorot_bound(h.shape)
+        assert stds[batch] == pytest.approx(
+            spec.uniform_std(spec.naive_glorot_bound(h.shape)), rel=0.1
+        )
+    assert stds[4] > 4 * stds[256]
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "xavier"])
+def test_resample_true_draws_fresh_false_draws_once(strategy):
+    torch.manual_seed(0)
+    fresh = ri.InitialState(strategy, hidden_size=8)
+    a, b = fresh.init(3), fresh.init(3)
+    assert not torch.equal(a, b)
+    assert not torch.equal(a[:, 0], a[:, 1])  # every row its own draw
+    fixed = ri.InitialState(strategy, hidden_size=8, num_layers=2, resample=False)
+    a, b = fixed.init(3), fixed.init(5)
+    torch.testing.assert_close(a, b[:, :3])
+    torch.testing.assert_close(a, a[:, :1].expand_as(a))
+    assert not list(fixed.parameters())  # stored, not trained
+    assert set(fixed.state_dict()) == {"h0"}
+    bound = spec.uniform_bound(8) if strategy == "uniform" else spec.xavier_bound(8)
+    assert a.abs().max() <= bound
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "xavier", "noisy"])
+def test_seed_reproduces_draws(strategy):
+    def draws(**kw):
+        init = ri.InitialState(strategy, hidden_size=8, cell="lstm", **kw)
+        return [torch.cat(init.init(4)) for _ in range(2)]
+
+    a, b = draws(seed=7), draws(seed=7)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y)
+    assert not torch.equal(a[0], a[1])  # successive calls still differ
+    assert not torch.equal(a[0], draws(seed=8)[0])
+    torch.manual_seed(1)
+    g1 = draws()
+    torch.manual_seed(1)
+    g2 = draws()
+    torch.testing.assert_close(g1[0], g2[0])
+
+
+# --------------------------------------------------------------------------- learnable
+
+
+def test_learnable_is_one_vector_per_layer_direction_and_component():
+    model = ri.InitialStateRNN(nn.LSTM(3, 10, num_layers=2, bidirectional=True, proj_size=4))
+    shapes = {n: tuple(p.shape) for n, p in model.initial_state.named_parameters()}
+    assert shapes == {"h0": (4, 4), "c0": (4, 10)}
+    for p in model.initial_state.parameters():
+        assert not p.any()  # zeros by default
+
+
+@pytest.mark.parametrize("init", ["uniform", "xavier"])
+def test_learnable_named_inits(init):
+    torch.manual_seed(0)
+    s = ri.InitialState("learnable", hidden_size=256, num_layers=4, init=init)
+    b = spec.uniform_bound(256) if init == "uniform" else spec.xavier_bound(256)
+    assert s.h0.abs().max() <= b
+    assert s.h0.std().item() == pytest.approx(spec.uniform_std(b), rel=0.1)
+
+
+def test_learnable_callable_init():
+    s = ri.InitialState("learnable", hidden_size=5, init=lambda p: nn.init.constant_(p, 0.25))
+    assert torch.equal(s.init(2), torch.full((1, 2, 5), 0.25))
+    with pytest.raises(ValueError, match="init returned shape"):
+        ri.InitialState("learnable", hidden_size=5, init=lambda p: torch.zeros(3))
+
+
+def test_learnable_state_is_broadcast_not_per_row():
+    s = ri.InitialState("learnable", hidden_size=6, num_layers=2)
+    with torch.no_grad():
+        s.h0.copy_(torch.arange(12.0).view(2, 6))
+    h = s.init(4)
+    assert torch.equal(h, torch.arange(12.0).view(2, 1, 6).expand(2, 4, 6))
+    assert sum(p.numel() for p in s.parameters()) == 12  # independent of the batch
+
+
+@pytest.mark.parametrize("cell", spec.CELLS)
+def test_gradient_reaches_learned_state_and_one_step_changes_it(cell):
+    torch.manual_seed(0)
+    model = ri.InitialStateRNN(make(cell, 4, 8, num_layers=2, batch_first=True))
+    x, y = torch.randn(16, 20, 4), torch.randn(16, 20, 8)
+    out, _ = model(x)
+    loss = nn.functional.mse_loss(out, y)
+    loss.backward()
+    params = dict(model.initial_state.named_parameters())
+    for p in params.values():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    before = {n: p.detach().clone() for n, p in params.items()}
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    for n, p in params.items():
+        assert not torch.equal(before[n], p)
+
+
+# --------------------------------------------------------------------------- noisy
+
+
+def test_noisy_train_differs_eval_is_exactly_base():
+    torch.manual_seed(0)
+    model = ri.InitialStateRNN(nn.GRU(3, 32), strategy="noisy", noise_std=0.3)
+    x = torch.randn(5, 2000, 3)
+    h_a = model.initial_state.init(2000, like=x)
+    h_b = model.initial_state.init(2000, like=x)
+    assert not torch.equal(h_a, h_b)
+    assert h_a.std().item() == pytest.approx(0.3, rel=0.02)
+    assert h_a.mean().abs() < 0.01
+    model.eval()
+    assert not model.initial_state.init(2000, like=x).any()
+    out1, _ = model(x)
+    out2, _ = model(x)
+    torch.testing.assert_close(out1, out2, rtol=0, atol=0)
+
+
+def test_noisy_with_learnable_base():
+    torch.manual_seed(0)
+    s = ri.InitialState("noisy", hidden_size=4, cell="lstm", base="learnable", noise_std=0.1)
+    assert {n for n, _ in s.named_parameters()} == {"h0", "c0"}
+    with torch.no_grad():
+        s.h0.fill_(2.0)
+    s.eval()
+    h, c = s.init(3)
+    assert torch.equal(h, torch.full((1, 3, 4), 2.0)) and not c.any()
+    s.train()
+    h, _ = s.init(3)
+    assert not torch.equal(h, torch.full((1, 3, 4), 2.0))
+    assert (h - 2.0).abs().max() < 1.0
+
+
+def test_learnable_std_positive_with_gradient_and_floor():
+    s = ri.InitialState("noisy", hidden_size=8, noise_std=0.2, learnable_std=True, min_std=0.05)
+    assert s.noise_std.item() == pytest.approx(0.2, rel=1e-5)
+    h = s.init(64)
+    h.pow(2).mean().backward()
+    assert s.std_raw.grad is not None and s.std_raw.grad.item() > 0  # noise only adds loss
+    with torch.no_grad():
+        s.std_raw.fill_(-100.0)  # as far down as the task loss could push it
+    assert s.noise_std.item() >= 0.05
+    s.set_noise_std(0.5)
+    assert s.noise_std.item() == pytest.approx(0.5, rel=1e-5)
+    fixed = ri.InitialState("noisy", hidden_size=8, noise_std=0.2)
+    assert not list(fixed.parameters())
+    fixed.set_noise_std(0.0)
+    assert not fixed.init(3).any()
+    with pytest.raises(ValueError, match="-1"):
+        fixed.set_noise_std(-1.0)
+
+
+# --------------------------------------------------------------------------- explicit state
+
+
+@pytest.mark.parametrize("cell", spec.CELLS)
+def test_explicit_state_wins(cell):
+    torch.manual_seed(0)
+    rnn = make(cell, 4, 8)
+    model = ri.InitialStateRNN(rnn, strategy="uniform")
+    x = torch.randn(6, 3, 4)
+    h = torch.randn(1, 3, 8)
+    hx = (h, torch.randn(1, 3, 8)) if cell == "lstm" else h
+    out, _ = model(x, hx)
+    ref, _ = rnn(x, hx)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_unbatched_input_uses_the_learned_state():
+    rnn = nn.LSTM(4, 8, num_layers=2, proj_size=3)
+    model = ri.InitialStateRNN(rnn)
+    with torch.no_grad():
+        model.initial_state.h0.fill_(0.5)
+        model.initial_state.c0.fill_(-0.5)
+    x = torch.randn(6, 4)
+    out, (h, c) = model(x)
+    assert out.shape == (6, 3) and h.shape == (2, 3) and c.shape == (2, 8)
+    ref, _ = rnn(x, (torch.full((2, 3), 0.5), torch.full((2, 8), -0.5)))
+    torch.testing.assert_close(out, ref)
+    batched, _ = model(x.unsqueeze(1))
+    torch.testing.assert_close(batched[:, 0], out)
+
+
+def test_packed_sequence():
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    rnn = nn.GRU(4, 8, batch_first=True)
+    model = ri.InitialStateRNN(rnn)
+    with torch.no_grad():
+        model.initial_state.h0.fill_(0.3)
+    x = torch.randn(3, 5, 4)
+    packed = pack_padded_sequence(x, [5, 2, 4], batch_first=True, enforce_sorted=False)
+    out, h = model(packed)
+    ref, h_ref = rnn(packed, torch.full((1, 3, 8), 0.3))
+    torch.testing.assert_close(pad_packed_sequence(out)[0], pad_packed_sequence(ref)[0])
+    torch.testing.assert_close(h, h_ref)
+
+
+# --------------------------------------------------------------------------- dtype, device
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_dtype_follows_input(dtype, strategy):
+    init = ri.InitialState(strategy, hidden_size=8, cell="lstm")
+    like = torch.zeros(2, 3, 4, dtype=dtype)
+    h, c = init.init(3, like=like)
+    assert h.dtype == dtype and c.dtype == dtype
+
+
+def test_float64_model_end_to_end_and_bad_dtype():
+    model = ri.InitialStateRNN(nn.GRU(4, 8), strategy="noisy").double()
+    out, h = model(torch.randn(5, 2, 4, dtype=torch.float64))
+    assert out.dtype == torch.float64 and h.dtype == torch.float64
+    with pytest.raises(TypeError, match="floating dtype"):
+        ri.InitialState("zero", hidden_size=4).init(2, like=torch.zeros(2, dtype=torch.long))
+
+
+def test_state_on_non_cpu_device_is_contiguous():
+    # the "meta" device stands in for a GPU: off the CPU, the broadcast learned
+    # state is materialized, because cuDNN rejects a non-contiguous hx.
+    s = ri.InitialState("learnable", hidden_size=8, num_layers=2)
+    cpu = s.init(4)
+    assert not cpu.is_contiguous()  # a free broadcast view on the CPU
+    meta = s.init(4, device="meta")
+    assert meta.device.type == "meta" and meta.is_contiguous()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_learned_state_with_cudnn():
+    model = ri.InitialStateRNN(nn.LSTM(4, 8, num_layers=2, bidirectional=True)).cuda()
+    x = torch.randn(5, 3, 4, device="cuda")
+    out, (h, c) = model(x)
+    assert out.is_cuda and h.is_cuda
+    out.sum().backward()
+    assert model.initial_state.h0.grad is not None
+
+
+# --------------------------------------------------------------------------- save, load, compile
+
+
+@pytest.mark.parametrize(
+    "strategy,options",
+    [
+        ("learnable", {}),
+        ("noisy", {"learnable_std": True, "base": "learnable", "noise_std": 0.3}),
+        ("xavier", {"resample": False}),
+    ],
+)
+def test_state_dict_round_trip(strategy, options):
+    torch.manual_seed(0)
+    model = ri.InitialStateRNN(nn.LSTM(4, 8, num_layers=2), strategy=strategy, **options)
+    with torch.no_grad():
+        for p in model.initial_state.parameters():
+            p.add_(torch.randn_like(p))
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(1)  # a different fresh model
+    fresh = ri.InitialStateRNN(nn.LSTM(4, 8, num_layers=2), strategy=strategy, **options)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    model.eval(), fresh.eval()
+    x = torch.randn(6, 3, 4)
+    torch.testing.assert_close(fresh(x)[0], model(x)[0], rtol=0, atol=0)
+    for (n, a), (_, b) in zip(
+        model.initial_state.state_dict().items(),
+        fresh.initial_state.state_dict().items(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), n
+
+
+def test_torch_compile_gives_the_same_outputs():
+    torch.manual_seed(0)
+    model = ri.InitialStateRNN(nn.GRU(4, 8, num_layers=2, batch_first=True))
+    with torch.no_grad():
+        model.initial_state.h0.normal_()
+    x = torch.randn(3, 10, 4)
+    compiled = torch.compile(model)
+    out, h = compiled(x)
+    ref, h_ref = model(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    assert model.initial_state.h0.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- NoisyCell
+
+
+@pytest.mark.parametrize("cell_cls", [nn.GRUCell, nn.LSTMCell, nn.RNNCell])
+def test_noisy_cell_eval_is_the_plain_cell(cell_cls):
+    torch.manual_seed(0)
+    cell = cell_cls(4, 8)
+    noisy = ri.NoisyCell(cell, noise_std=0.5).eval()
+    x = torch.randn(7, 3, 4)
+    out, state = noisy.unroll(x)
+    ref, s = [], None
+    for x_t in x:
+        s = cell(x_t, s)
+        ref.append(s[0] if isinstance(s, tuple) else s)
+    torch.testing.assert_close(out, torch.stack(ref), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell_cls", [nn.GRUCell, nn.LSTMCell])
+def test_noisy_cell_training_adds_noise_before_each_step(cell_cls):
+    torch.manual_seed(0)
+    cell = cell_cls(4, 8)
+    noisy = ri.NoisyCell(cell, noise_std=0.2, seed=11)
+    x = torch.randn(5, 3, 4)
+    out, _ = noisy.unroll(x)
+    # the same steps by hand, drawing from a generator with the same seed
+    gen = torch.Generator().manual_seed(11)
+    s = (torch.zeros(3, 8), torch.zeros(3, 8)) if cell_cls is nn.LSTMCell else torch.zeros(3, 8)
+    ref = []
+    for x_t in x:
+        if isinstance(s, tuple):
+            s = tuple(c + 0.2 * torch.randn(c.shape, generator=gen) for c in s)
+        else:
+            s = s + 0.2 * torch.randn(s.shape, generator=gen)
+        s = cell(x_t, s)
+        ref.append(s[0] if isinstance(s, tuple) else s)
+    torch.testing.assert_close(out, torch.stack(ref))
+    again, _ = noisy.unroll(x)
+    assert not torch.equal(again, out)
+
+
+def test_noisy_cell_learnable_std_and_layouts():
+    noisy = ri.NoisyCell(nn.GRUCell(4, 8), noise_std=0.1, learnable_std=True)
+    out, h = noisy.unroll(torch.randn(2, 6, 4), batch_first=True)
+    assert out.shape == (2, 6, 8) and h.shape == (2, 8)
+    out.pow(2).sum().backward()
+    assert noisy.std_raw.grad is not None and noisy.noise_std.item() > 0
+    out, h = noisy.unroll(torch.randn(6, 4))  # unbatched
+    assert out.shape == (6, 8) and h.shape == (8,)
+
+
+# --------------------------------------------------------------------------- the issue's examples
+
+
+def test_seed_style_usage():
+    torch.manual_seed(0)
+    gru = ri.InitialStateRNN(nn.GRU(10, 32, num_layers=2, batch_first=True), strategy="learnable")
+    out, h = gru(torch.randn(16, 20, 10))
+    assert out.shape == (16, 20, 32) and h.shape == (2, 16, 32)
+    for batch in (16, 4096):
+        h0, c0 = ri.InitialState("xavier", hidden_size=32, cell="lstm").init(batch)
+        assert h0.shape == c0.shape == (1, batch, 32)
+        assert float(h0.abs().max()) <= spec.xavier_bound(32)
+        assert float(h0.abs().max()) > 0.5 * spec.xavier_bound(32)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: ri.InitialStateRNN(nn.GRU(2, 4), strategy="ones"), ValueError, r"'ones'.*'zero'"),
+        (
+            lambda: ri.InitialStateRNN(nn.GRU(2, 4), strategy="noisy", noise_std=-0.1),
+            ValueError,
+            "-0.1",
+        ),
+        (lambda: ri.InitialStateRNN(nn.GRUCell(2, 4)), TypeError, "GRUCell.*NoisyCell"),
+        (lambda: ri.InitialStateRNN(nn.Linear(2, 4)), TypeError, "Linear"),
+        (lambda: ri.NoisyCell(nn.GRU(2, 4)), TypeError, "got GRU"),
+        (lambda: ri.NoisyCell(nn.GRUCell(2, 4), noise_std=-1), ValueError, "-1"),
+        (lambda: ri.InitialState("zero", hidden_size=4, cell="transformer"), ValueError, "gru"),
+        (lambda: ri.InitialState("zero", hidden_size=0), ValueError, "hidden_size"),
+        (lambda: ri.InitialState("xavier", hidden_size=4, bound=1), ValueError, "'bound'"),
+        (lambda: ri.InitialState("zero", hidden_size=4).init(0), ValueError, "batch_size"),
+    ],
+)
+def test_bad_input_is_named(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_wrong_explicit_state_is_rejected():
+    gru = ri.InitialStateRNN(nn.GRU(2, 4, num_layers=2))
+    x = torch.randn(5, 3, 2)
+    with pytest.raises(ValueError, match=r"\(2, 7, 4\).*expected \(2, 3, 4\)"):
+        gru(x, torch.zeros(2, 7, 4))
+    lstm = ri.InitialStateRNN(nn.LSTM(2, 4))
+    with pytest.raises(TypeError, match=r"tuple \(h0, c0\)"):
+        lstm(x, torch.zeros(1, 3, 4))
+    with pytest.raises(ValueError, match="c0"):
+        lstm(x, (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4)))
+    with pytest.raises(ValueError, match="3-D"):
+        gru(torch.zeros(2, 3, 4, 5))
+
+
+def test_noisy_attributes_only_on_noisy():
+    with pytest.raises(AttributeError, match="has no noise_std"):
+        ri.InitialState("zero", hidden_size=4).set_noise_std(0.1)
+    with pytest.raises(AttributeError, match="noise_std"):
+        _ = ri.InitialState("zero", hidden_size=4).noise_std
+
+
+def test_statistics_match_numpy_reference():
+    """The torch draw and the numpy reference agree in distribution, per strategy."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    for strategy, opts in [("uniform", {}), ("xavier", {"gain": 2.0}), ("noisy", {})]:
+        (ref,) = spec.reference_state(
+            strategy, "gru", hidden_size=32, batch_size=4096, rng=rng, **opts
+        )
+        got = ri.InitialState(strategy, hidden_size=32, **opts).init(4096).numpy()
+        assert got.std() == pytest.approx(ref.std(), rel=0.03), strategy
+        assert np.abs(got).max() <= np.abs(ref).max() * 1.3 + 1e-6
