@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 venv: $(STAMP)
 
 book: $(STAMP)
-	rm -rf _build/html
+	rm -rf _build
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "book built: _build/html/index.html"
 

@@ -58,7 +58,7 @@ import numpy as np
 from reference_impl import STRATEGIES
 
 CELLS = ("gru", "lstm", "rnn")
-"""Cell kinds: GRU and simple (Elman) RNN carry ``h``; LSTM carries ``(h, c)``."""
+"""The cell kinds. A GRU and a simple (Elman) RNN carry ``h``, an LSTM ``(h, c)``."""
 
 LEARNABLE_INITS = ("zeros", "uniform", "xavier")
 """Named initializers for the ``learnable`` strategy (a callable is accepted too)."""
@@ -89,7 +89,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def check_strategy(strategy: object) -> str:
-    """Return ``strategy`` if it is one of :data:`STRATEGIES`, else raise.
+    """Return ``strategy`` if it is one of :data:`reference_impl.STRATEGIES`, else raise.
 
     >>> check_strategy("xavier")
     'xavier'

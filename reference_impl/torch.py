@@ -93,7 +93,7 @@ class InitialState(nn.Module):
     ``proj_size > 0``), on the dtype and device of ``like``.
 
     Args:
-        strategy: one of :data:`STRATEGIES`.
+        strategy: one of :data:`reference_impl.STRATEGIES`.
         hidden_size, num_layers, bidirectional, proj_size: the recurrent layer's sizes.
         cell: ``"gru"``, ``"lstm"`` or ``"rnn"``.
         **options: the strategy's options (see :data:`reference_impl.spec.OPTIONS`):
