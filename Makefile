@@ -14,7 +14,11 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 BUDGET ?= quick
 export BUDGET
 # Keep TensorFlow's C++ and absl start-up lines out of logs and notebook outputs.
+# TensorFlow 2.21 prints its oneDNN notice before absl reads TF_CPP_MIN_LOG_LEVEL;
+# only turning the oneDNN graph rewrites off silences it (and makes CPU results
+# independent of the processor's instruction set, which nbval needs).
 export TF_CPP_MIN_LOG_LEVEL := 3
+export TF_ENABLE_ONEDNN_OPTS := 0
 export PYTHONHASHSEED := 0
 # JAX takes GPU memory as it needs it, so three frameworks can share one GPU.
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
