@@ -1,0 +1,574 @@
+"""reference_impl.tensorflow in models: wrapped layers, fit, graph mode and XLA,
+save/load, mixed precision, NoisyCell, and one model on the JAX backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+if keras.backend.backend() != "tensorflow":  # pragma: no cover
+    pytest.skip("these tests need the TensorFlow backend", allow_module_level=True)
+
+from reference_impl import tensorflow as ri  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(16, 20, 10)).astype("float32")
+Y = RNG.normal(size=(16, 20, 5)).astype("float32")
+
+
+def set_learned(init: ri.InitialState, seed: int = 0) -> list[np.ndarray]:
+    """Give the learned vectors distinct values, so a wrong row or broadcast shows."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for w in init.trainable_weights:
+        if w.name in ("h0", "c0"):
+            value = rng.normal(size=tuple(w.shape)).astype("float32")
+            w.assign(value)
+            values.append(value)
+    return values
+
+
+def broadcast_states(init: ri.InitialState, batch: int) -> list[np.ndarray]:
+    """The state a learnable InitialState must produce, built by hand from its weights."""
+    vectors = [np.asarray(init.h0)] + ([np.asarray(init.c0)] if init.cell == "lstm" else [])
+    return [
+        np.broadcast_to(v[d], (batch, init.units)).copy()
+        for d in range(init.directions)
+        for v in vectors
+    ]
+
+
+def as_list(y):
+    return [np.asarray(t) for t in y] if isinstance(y, (list, tuple)) else [np.asarray(y)]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def gru_model(style: str) -> keras.Model:
+    if style == "sequential":
+        return keras.Sequential(
+            [
+                keras.Input((20, 10)),
+                ri.InitialStateRNN(keras.layers.GRU(32, return_sequences=True), "learnable"),
+                keras.layers.Dense(5),
+            ]
+        )
+    if style == "functional":
+        inputs = keras.Input((20, 10))
+        x = ri.InitialStateRNN(keras.layers.GRU(32, return_sequences=True), "learnable")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(5)(x))
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn = ri.InitialStateRNN(keras.layers.GRU(32, return_sequences=True))
+            self.head = keras.layers.Dense(5)
+
+        def call(self, x, training=None):
+            return self.head(self.rnn(x, training=training))
+
+    return Subclassed()
+
+
+@pytest.mark.parametrize("style", ["sequential", "functional", "subclassed"])
+def test_learnable_state_in_every_model_style_trains(style):
+    model = gru_model(style)
+    assert tuple(model(X).shape) == (16, 20, 5)
+    learned = [w for w in model.trainable_weights if w.name == "h0"]
+    assert [tuple(w.shape) for w in learned] == [(1, 32)]
+    before = np.asarray(learned[0]).copy()
+    assert not before.any()  # starts at zeros
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.fit(X, Y, epochs=1, batch_size=8, verbose=0)
+    after = np.asarray(learned[0])
+    assert np.abs(after - before).min() > 0  # every unit of the state moved
+
+
+def test_initial_state_layer_with_an_unknown_batch_feeds_each_recurrent_layer():
+    inputs = keras.Input((None, 3))  # batch and time unknown
+    pairs, outs = [], []
+    for rnn, cell in [
+        (keras.layers.GRU(4), "gru"),
+        (keras.layers.LSTM(4), "lstm"),
+        (keras.layers.SimpleRNN(4), "rnn"),
+        (keras.layers.RNN(keras.layers.GRUCell(4)), "gru"),
+    ]:
+        init = ri.InitialState("learnable", units=4, cell=cell)
+        states = init(inputs)
+        assert [tuple(s.shape) for s in states] == [(None, 4)] * len(init.features)
+        outs.append(rnn(inputs, initial_state=states))
+        pairs.append((init, rnn))
+    model = keras.Model(inputs, outs)
+    for k, (init, _) in enumerate(pairs):
+        set_learned(init, seed=k)
+    for batch, time in [(3, 5), (7, 2)]:
+        x = RNG.normal(size=(batch, time, 3)).astype("float32")
+        got = model(x)
+        assert [tuple(y.shape) for y in got] == [(batch, 4)] * 4
+        for y, (init, rnn) in zip(got, pairs, strict=True):
+            want = rnn(x, initial_state=broadcast_states(init, batch))
+            np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.layers.GRU(6, return_sequences=True),
+        lambda: keras.layers.LSTM(6, return_state=True),
+        lambda: keras.layers.SimpleRNN(6, go_backwards=True, return_sequences=True),
+        lambda: keras.layers.RNN(keras.layers.LSTMCell(6), return_state=True),
+        lambda: keras.layers.RNN(ri.NoisyCell(keras.layers.GRUCell(6)), return_sequences=True),
+        lambda: keras.layers.Bidirectional(keras.layers.GRU(6, return_sequences=True)),
+        lambda: keras.layers.Bidirectional(keras.layers.LSTM(6, return_state=True)),
+    ],
+    ids=[
+        "gru-seq",
+        "lstm-state",
+        "rnn-backwards",
+        "rnn-lstmcell",
+        "rnn-noisycell",
+        "bidi-gru",
+        "bidi-lstm",
+    ],
+)
+def test_wrapper_equals_the_layer_run_from_the_learned_state(make):
+    wrapper = ri.InitialStateRNN(make(), strategy="learnable")
+    x = X[:4, :7, :3]
+    plain = as_list(wrapper.layer(x))  # builds the layer; zero state
+    set_learned(wrapper.initial_state)
+    got = as_list(wrapper(x))
+    want = as_list(wrapper.layer(x, initial_state=broadcast_states(wrapper.initial_state, 4)))
+    assert [a.shape for a in got] == [a.shape for a in want] == [a.shape for a in plain]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got[0], plain[0])  # the learned state made a difference
+    # and an explicit state still wins
+    explicit = [
+        RNG.normal(size=(4, 6)).astype("float32") for _ in wrapper.initial_state.state_names
+    ]
+    for a, b in zip(
+        as_list(wrapper(x, initial_state=explicit)),
+        as_list(wrapper.layer(x, initial_state=explicit)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_bidirectional_gives_each_direction_its_own_row():
+    wrapper = ri.InitialStateRNN(
+        keras.layers.Bidirectional(keras.layers.GRU(5, return_sequences=True)), "learnable"
+    )
+    x = X[:2, :4, :3]
+    wrapper(x)
+    assert tuple(wrapper.initial_state.h0.shape) == (2, 5)
+    base = np.asarray(wrapper(x))
+    h0 = np.zeros((2, 5), "float32")
+    h0[1] = 1.0  # change only the backward row
+    wrapper.initial_state.h0.assign(h0)
+    moved = np.asarray(wrapper(x))
+    np.testing.assert_array_equal(moved[..., :5], base[..., :5])  # forward half unchanged
+    assert not np.allclose(moved[..., 5:], base[..., 5:])
+
+
+def test_masking_works_as_in_the_wrapped_layer():
+    tokens = np.array([[3, 1, 4, 0, 0], [2, 7, 1, 8, 0]])
+    inputs = keras.Input((5,), dtype="int32")
+    embedded = keras.layers.Embedding(10, 3, mask_zero=True)(inputs)
+    wrapper = ri.InitialStateRNN(keras.layers.GRU(4, return_sequences=True), "learnable")
+    model = keras.Model(inputs, wrapper(embedded))
+    set_learned(wrapper.initial_state)
+    got = np.asarray(model(tokens))
+    emb = model.layers[1]
+    e = emb(tokens)
+    want = wrapper.layer(
+        e, mask=tokens != 0, initial_state=broadcast_states(wrapper.initial_state, 2)
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # masked steps carry the last state forward, as the GRU does with a mask
+    np.testing.assert_array_equal(got[0, 3], got[0, 2])
+    np.testing.assert_array_equal(got[0, 4], got[0, 2])
+    # and the mask goes on to the next layer when sequences are returned
+    assert wrapper.compute_mask(e, tokens != 0) is not None
+
+
+def test_wrapping_keeps_the_layer_eligible_for_cudnn():
+    gru = keras.layers.GRU(8)
+    config = gru.get_config()
+    wrapper = ri.InitialStateRNN(gru)
+    assert wrapper.layer is gru
+    assert gru.get_config() == config
+    assert gru.use_cudnn == "auto" and gru.cell.reset_after and not gru.cell.recurrent_dropout
+
+
+# --------------------------------------------------------------------------- graph mode
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_tf_function_and_xla_give_eager_values_and_fresh_draws(jit):
+    learn = ri.InitialStateRNN(keras.layers.LSTM(4), "learnable")
+    draw = ri.InitialStateRNN(keras.layers.GRU(4, return_sequences=True), "uniform", seed=1)
+    noisy = ri.InitialStateRNN(keras.layers.GRU(4), "noisy", noise_std=0.5, seed=2)
+    x = X[:3, :6, :2]
+    eager = np.asarray(learn(x))
+    set_learned(learn.initial_state)
+    eager = np.asarray(learn(x))
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def run(x, training):
+        return learn(x), draw(x), noisy(x, training=training)
+
+    a = [np.asarray(t) for t in run(x, True)]
+    b = [np.asarray(t) for t in run(x, True)]
+    np.testing.assert_allclose(a[0], eager, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a[1], b[1])  # resampled per call, not frozen into the graph
+    assert not np.allclose(a[2], b[2])  # noise per call in training
+    c = [np.asarray(t) for t in run(x, False)]
+    d = [np.asarray(t) for t in run(x, False)]
+    np.testing.assert_array_equal(c[2], d[2])  # no noise outside training
+    # unknown batch in the graph: the state follows the batch that arrives
+    spec = tf.TensorSpec((None, 6, 2), tf.float32)
+    graph = tf.function(lambda x: learn(x), input_signature=[spec], jit_compile=jit)
+    assert tuple(graph(X[:5, :6, :2]).shape) == (5, 4)
+
+
+def test_fit_evaluate_predict_with_jit_compile_and_noise_only_in_training():
+    model = keras.Sequential(
+        [
+            keras.Input((6, 10)),
+            ri.InitialStateRNN(
+                keras.layers.GRU(8, return_sequences=True),
+                "noisy",
+                base="learnable",
+                noise_std=0.5,
+                learnable_std=True,
+                seed=0,
+            ),
+            keras.layers.Dense(5),
+        ]
+    )
+    x, y = X[:, :6], Y[:, :6]
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse", jit_compile=True)
+    assert model.jit_compile
+    init = model.layers[0].initial_state
+    h0, rho = np.asarray(init.h0).copy(), float(init.std_raw)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert not np.allclose(np.asarray(init.h0), h0)
+    assert float(init.std_raw) != rho  # the learnable sigma got gradients
+    p1 = model.predict(x, verbose=0)
+    p2 = model.predict(x, verbose=0)
+    np.testing.assert_array_equal(p1, p2)  # inference: exactly the base state
+    np.testing.assert_allclose(p1, model(x, training=False), rtol=1e-5, atol=1e-6)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(float(np.mean((p1 - y) ** 2)), rel=1e-4)
+    t1, t2 = model(x, training=True), model(x, training=True)
+    assert not np.allclose(t1, t2)
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def saving_models():
+    inputs = keras.Input((6, 3))
+    yield (
+        "learnable-lstm",
+        keras.Sequential(
+            [inputs, ri.InitialStateRNN(keras.layers.LSTM(4), "learnable", init="uniform", seed=1)]
+        ),
+    )
+    yield (
+        "stored-xavier-bidi",
+        keras.Sequential(
+            [
+                keras.Input((6, 3)),
+                ri.InitialStateRNN(
+                    keras.layers.Bidirectional(keras.layers.GRU(4)), "xavier", resample=False
+                ),
+            ]
+        ),
+    )
+    yield (
+        "noisy-learnable-std",
+        keras.Sequential(
+            [
+                keras.Input((6, 3)),
+                ri.InitialStateRNN(
+                    keras.layers.SimpleRNN(4),
+                    "noisy",
+                    base="learnable",
+                    learnable_std=True,
+                    noise_std=0.3,
+                    min_std=0.01,
+                ),
+            ]
+        ),
+    )
+    inputs = keras.Input((6, 3))
+    states = ri.InitialState("uniform", units=4, resample=False, bound=0.5)(inputs)
+    cell = ri.NoisyCell(keras.layers.GRUCell(4), noise_std=0.2, learnable_std=True)
+    y = keras.layers.RNN(cell)(inputs, initial_state=states)
+    yield "initial-state-and-noisy-cell", keras.Model(inputs, y)
+
+
+@pytest.mark.parametrize("name", [name for name, _ in saving_models()])
+def test_keras_file_and_weights_round_trip(name, tmp_path):
+    model = dict(saving_models())[name]
+    x = X[:4, :6, :3]
+    for layer in model.layers:
+        inner = getattr(layer, "initial_state", layer)
+        if isinstance(inner, ri.InitialState):
+            set_learned(inner, seed=3)
+    for w in model.weights:  # move every sigma off its start value
+        if w.name == "std_raw":
+            w.assign(float(w) + 0.25)
+    want = np.asarray(model.predict(x, verbose=0))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), want)
+    # the same weights in the same order (paths depend on the scope a layer was built in)
+    assert [w.name for w in loaded.weights] == [w.name for w in model.weights]
+    assert {"h0", "std_raw"} & {w.name for w in model.weights}
+    for a, b in zip(loaded.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # weights only, into a fresh model of the same config
+    weights = tmp_path / "model.weights.h5"
+    model.save_weights(weights)
+    fresh = (
+        keras.Model.from_config(model.get_config())
+        if not isinstance(model, keras.Sequential)
+        else keras.Sequential.from_config(model.get_config())
+    )
+    fresh.load_weights(weights)
+    np.testing.assert_array_equal(fresh.predict(x, verbose=0), want)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ri.InitialState("learnable", units=3, cell="lstm", init="xavier", seed=4),
+        lambda: ri.InitialState("noisy", units=3, bidirectional=True, noise_std=0.2, seed=1),
+        lambda: ri.InitialState("learnable", units=3, init=keras.initializers.Constant(0.5)),
+        lambda: ri.InitialStateRNN(keras.layers.GRU(3), "uniform", bound=0.2, resample=False),
+        lambda: ri.NoisyCell(keras.layers.LSTMCell(3), 0.3, True, min_std=0.1, seed=5),
+        lambda: keras.layers.RNN(ri.NoisyCell(keras.layers.GRUCell(3, dropout=0.1))),
+    ],
+    ids=["learnable", "noisy", "initializer", "wrapper", "noisy-cell", "rnn-of-noisy-cell"],
+)
+def test_config_round_trips_through_json(make):
+    layer = make()
+    blob = json.dumps(keras.saving.serialize_keras_object(layer))
+    clone = keras.saving.deserialize_keras_object(json.loads(blob))
+    assert type(clone) is type(layer)
+    assert clone.get_config() == layer.get_config()
+    registered = keras.saving.get_registered_name(type(layer))
+    assert registered.startswith("reference_impl>") or isinstance(layer, keras.layers.RNN)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_state_comes_in_the_compute_dtype(policy):
+    compute = policy.split("_")[1]
+    init = ri.InitialState("noisy", units=4, base="learnable", learnable_std=True, dtype=policy)
+    states = init(X[:2, :3, :2], training=True)
+    assert [s.dtype.name for s in states] == [compute]
+    assert {w.dtype for w in init.weights} == {"float32"}
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        wrapper = ri.InitialStateRNN(keras.layers.LSTM(4), "learnable", init="uniform")
+        x = X[:2, :3, :2]
+        with tf.GradientTape() as tape:
+            y = wrapper(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32"))
+        grads = tape.gradient(loss, [wrapper.initial_state.h0, wrapper.initial_state.c0])
+        assert y.dtype.name == compute
+        states = wrapper.initial_state.get_initial_state(2)
+        assert [s.dtype.name for s in states] == [compute, compute]
+        assert all(g is not None and g.dtype == tf.float32 and np.any(g) for g in grads)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+# --------------------------------------------------------------------------- NoisyCell
+
+
+def random_walk_cell(units: int = 4) -> keras.layers.SimpleRNNCell:
+    """h_t = h_{t-1} (+ the cell's noise): the state's variance counts the draws."""
+    return keras.layers.SimpleRNNCell(
+        units,
+        activation=None,
+        use_bias=False,
+        kernel_initializer="zeros",
+        recurrent_initializer="identity",
+    )
+
+
+def test_noisy_cell_adds_independent_noise_at_every_step_in_training_only():
+    sigma, steps = 0.5, 5
+    rnn = keras.layers.RNN(
+        ri.NoisyCell(random_walk_cell(), noise_std=sigma, seed=0), return_sequences=True
+    )
+    x = np.zeros((4000, steps, 2), "float32")
+    y = np.asarray(tf.function(lambda x: rnn(x, training=True))(x))
+    # step t has read t + 1 independent draws (the initial state's included)
+    want = sigma**2 * np.arange(1, steps + 1)
+    np.testing.assert_allclose(y.var(axis=(0, 2)), want, rtol=0.06)
+    np.testing.assert_allclose(y.mean(axis=(0, 2)), 0.0, atol=0.02)
+    assert not np.asarray(rnn(x)).any()  # inference: exactly the (zero) walk
+
+
+@pytest.mark.parametrize("make_cell", [keras.layers.GRUCell, keras.layers.LSTMCell])
+def test_noisy_cell_is_exactly_the_wrapped_cell_outside_training(make_cell):
+    cell = make_cell(5)
+    noisy = keras.layers.RNN(ri.NoisyCell(cell, noise_std=1.0), return_state=True)
+    bare = keras.layers.RNN(cell, return_state=True)  # shares the cell's weights
+    x = X[:3, :6, :4]
+    for a, b in zip(as_list(noisy(x)), as_list(bare(x)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    trained = as_list(noisy(x, training=True))
+    assert len(trained) == (3 if make_cell is keras.layers.LSTMCell else 2)
+    assert all(not np.allclose(a, b) for a, b in zip(trained, as_list(bare(x)), strict=True))
+
+
+def test_noisy_cell_lstm_noises_both_components():
+    lstm = keras.layers.LSTMCell(3)
+    noisy = ri.NoisyCell(lstm, noise_std=1.0, seed=0)
+    noisy.build((None, 2))
+    x = tf.zeros((2000, 2))
+    h, c = tf.zeros((2000, 3)), tf.zeros((2000, 3))
+    _, (h_c, c_c) = noisy(x, [h, c], training=False)
+    _, (h_n, c_n) = noisy(x, [h, c], training=True)
+    assert not np.allclose(c_n, c_c)  # c got noise (it is what the cell carries)
+    assert not np.allclose(h_n, h_c)  # and h, through the gates
+
+
+def test_noisy_cell_learnable_std_trains_and_stays_positive():
+    cell = ri.NoisyCell(keras.layers.GRUCell(8), noise_std=0.3, learnable_std=True, min_std=0.02)
+    model = keras.Sequential([keras.Input((20, 10)), keras.layers.RNN(cell), keras.layers.Dense(5)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean((model(X, training=True) - Y[:, -1]) ** 2)
+    (grad,) = tape.gradient(loss, [cell.std_raw])
+    assert grad is not None and np.isfinite(grad) and float(grad) != 0
+    rho = float(cell.std_raw)
+    model.fit(X, Y[:, -1], epochs=2, batch_size=8, verbose=0)
+    assert float(cell.std_raw) != rho
+    assert float(cell.noise_std) > 0.02
+    cell.set_noise_std(0.05)
+    assert float(cell.noise_std) == pytest.approx(0.05, rel=1e-5)
+
+
+def test_noisy_cell_keeps_the_wrapped_cells_dropout_working_in_graph_mode():
+    cell = keras.layers.GRUCell(4, dropout=0.5, recurrent_dropout=0.5, seed=0)
+    rnn = keras.layers.RNN(ri.NoisyCell(cell, noise_std=0.1, seed=0))
+    run = tf.function(lambda x: rnn(x, training=True))
+    x = X[:8, :5, :3]
+    a, b = np.asarray(run(x)), np.asarray(run(x))  # a second trace used to see a stale mask
+    assert a.shape == (8, 4) and not np.allclose(a, b)
+    assert cell._dropout_mask is None and cell._recurrent_dropout_mask is None
+
+
+@pytest.mark.parametrize("style", ["initial-state", "noisy-cell"])
+def test_stacked_noisy_layers_with_a_std_per_layer(style):
+    sizes, stds = (64, 32, 16), (0.3, 0.2, 0.1)
+    layers = []
+    for i, (units, std) in enumerate(zip(sizes, stds, strict=True)):
+        last = i == len(sizes) - 1
+        if style == "initial-state":
+            layers.append(
+                ri.InitialStateRNN(
+                    keras.layers.GRU(units, return_sequences=not last), "noisy", noise_std=std
+                )
+            )
+        else:
+            cell = ri.NoisyCell(keras.layers.GRUCell(units), noise_std=std)
+            layers.append(keras.layers.RNN(cell, return_sequences=not last))
+    x, y = X[:8, :6], Y[:8, -1, :1].repeat(16, axis=1)
+    model = keras.Sequential([keras.Input((6, 10)), *layers])
+    assert tuple(model(x).shape) == (8, 16)
+    found = [
+        float(getattr(layer, "initial_state", None).noise_std)
+        if style == "initial-state"
+        else float(layer.cell.noise_std)
+        for layer in model.layers
+    ]
+    np.testing.assert_allclose(found, stds, rtol=1e-6)
+    np.testing.assert_array_equal(model(x), model(x))
+    assert not np.allclose(model(x, training=True), model(x, training=True))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean((model(x, training=True) - y) ** 2)
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert all(g is not None and np.isfinite(g).all() for g in grads)
+
+
+# --------------------------------------------------------------------------- JAX
+
+
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    os.environ["KERAS_BACKEND"] = "jax"
+    import numpy as np, keras
+    from reference_impl import tensorflow as ri
+    out = {"backend": keras.backend.backend()}
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5, 3)).astype("float32")
+    y = rng.normal(size=(8, 2)).astype("float32")
+    model = keras.Sequential([
+        keras.Input((5, 3)),
+        ri.InitialStateRNN(keras.layers.GRU(4), "noisy", base="learnable", seed=0),
+        keras.layers.Dense(2),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    out["h0_moved"] = float(np.abs(np.asarray(model.layers[0].initial_state.h0)).min())
+    out["eval_equal"] = bool(np.array_equal(model(x), model(x)))
+    a, b = model(x, training=True), model(x, training=True)
+    out["train_differs"] = bool(not np.allclose(a, b))
+    rnn = keras.layers.RNN(ri.NoisyCell(keras.layers.GRUCell(4)))
+    out["cell_eval_shape"] = list(rnn(x).shape)
+    try:
+        rnn(x, training=True)
+        out["cell_training"] = "ran"
+    except NotImplementedError as e:
+        out["cell_training"] = str(e)
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+def test_one_model_trains_on_the_jax_backend():
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT")), None)
+    assert line is not None, proc.stderr[-3000:]
+    out = json.loads(line[len("RESULT") :])
+    assert out["backend"] == "jax"
+    assert out["h0_moved"] > 0  # every unit of the learned state trained
+    assert out["eval_equal"] and out["train_differs"]
+    assert out["cell_eval_shape"] == [8, 4]
+    assert "cannot draw per-step noise on the JAX backend" in out["cell_training"]
