@@ -4,7 +4,10 @@ Forward and backward of a GRU (batch 64, 100 steps, 128 units, 32 input features
 on the CPU, the bare layer called with its default zero ``h0`` and each wrapped
 strategy measured side by side in one run: the variants are interleaved in every
 round so drifts in machine load hit all of them alike, and each figure is the
-median over rounds. Prints milliseconds and the ratio to the bare layer.
+median over rounds. Prints milliseconds, the ratio of medians, and the paired ratio
+(the median of the round-by-round ratios against the bare layer of the same round),
+which cancels most of the drift of a shared machine. "bare (control)" is the same
+bare layer timed a second time: its distance from 1.000 is the noise floor.
 
 Run: ``python benchmarks/bench_torch.py [--rounds N] [--threads N]``.
 """
@@ -42,7 +45,7 @@ def main() -> None:
 
     gru = nn.GRU(FEATURES, HIDDEN, batch_first=True)
     x = torch.randn(BATCH, STEPS, FEATURES)
-    variants = {"bare nn.GRU": make_step(gru, x)}
+    variants = {"bare nn.GRU": make_step(gru, x), "bare (control)": make_step(gru, x)}
     for strategy in STRATEGIES:
         # every variant wraps the same layer, so only the initial state differs
         model = ri.InitialStateRNN(gru, strategy=strategy).train()
@@ -64,10 +67,12 @@ def main() -> None:
         f"torch {torch.__version__}, CPU, {args.threads} thread(s): GRU forward+backward, "
         f"batch {BATCH}, {STEPS} steps, {HIDDEN} units, median of {args.rounds} rounds"
     )
-    print(f"{'variant':<14}{'ms':>10}{'ratio':>9}")
+    print(f"{'variant':<16}{'ms':>10}{'ratio':>9}{'paired':>9}")
+    bare = times["bare nn.GRU"]
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:<14}{1e3 * med:>10.2f}{med / base:>9.3f}")
+        paired = statistics.median(t / b for t, b in zip(ts, bare, strict=True))
+        print(f"{name:<16}{1e3 * med:>10.2f}{med / base:>9.3f}{paired:>9.3f}")
 
 
 if __name__ == "__main__":
