@@ -55,10 +55,10 @@ lint: $(STAMP)
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest -q  # tests/ and the doctests of reference_impl (pyproject testpaths)
 
 nbval: $(STAMP)
-	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg -q -p no:randomly
+	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg -q
 
 test: lint unit nbval
 
