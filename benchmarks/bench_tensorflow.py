@@ -182,7 +182,9 @@ def parts(x: tf.Tensor, bare_fwd_bwd: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=60, help="interleaved rounds")
+    parser.add_argument(
+        "--rounds", "--reps", dest="reps", type=int, default=60, help="interleaved rounds"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant")
     args = parser.parse_args()
     run(args.reps, args.warmup)
