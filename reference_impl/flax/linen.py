@@ -424,7 +424,7 @@ class InitialState(_InitialStateFields):
     gives an unbatched carry.
 
     Args:
-        strategy: one of :data:`STRATEGIES`.
+        strategy: one of :data:`~reference_impl.STRATEGIES`.
         cell: ``"gru"``, ``"lstm"`` or ``"rnn"``, or a linen cell (its kind,
             ``features`` and ``param_dtype`` are used).
         features: the hidden size (taken from the cell when a cell is given).
@@ -760,7 +760,7 @@ class InitialStateRNN(_InitialStateRNNFields):
 
     Args:
         rnn: the layer, or a list of layers.
-        strategy: one of :data:`STRATEGIES` (default ``"learnable"``).
+        strategy: one of :data:`~reference_impl.STRATEGIES` (default ``"learnable"``).
         deterministic: noise off (``True``) or on (``False``) for the ``noisy``
             strategy and for every :class:`NoisyCell` inside; also a call argument.
         **options: the strategy's options, as for :class:`InitialState`.

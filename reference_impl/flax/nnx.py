@@ -216,7 +216,7 @@ class InitialState(nnx.Module):
     ``nnx.Bidirectional`` takes). ``batch_shape=()`` gives an unbatched carry.
 
     Args:
-        strategy: one of :data:`STRATEGIES`.
+        strategy: one of :data:`~reference_impl.STRATEGIES`.
         cell: ``"gru"``, ``"lstm"`` or ``"rnn"``, or an NNX cell (its kind,
             ``hidden_features`` and ``param_dtype`` are used).
         features: the hidden size (taken from the cell when a cell is given).
@@ -472,7 +472,7 @@ class InitialStateRNN(nnx.Module):
 
     Args:
         rnn: the layer, or a list of layers.
-        strategy: one of :data:`STRATEGIES` (default ``"learnable"``).
+        strategy: one of :data:`~reference_impl.STRATEGIES` (default ``"learnable"``).
         deterministic: if given, set on every module inside (else each keeps its
             own; ``model.train()``/``model.eval()`` set them all).
         rngs: ``nnx.Rngs`` for the strategy's draws.
