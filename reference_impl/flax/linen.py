@@ -382,17 +382,23 @@ def _noise_std(module: nn.Module, noise_std: float, learnable_std: bool, min_std
 
 
 def _resolve_cell(
-    cell: str | nn.Module, features: int | None, param_dtype: Dtype
+    cell: Any,
+    features: int | None,
+    param_dtype: Dtype,
+    *,
+    module_type: type = nn.Module,
+    cell_info: Callable[[object], _CellInfo] | None = None,
+    supported: str = f"Flax linen {_SUPPORTED}",
 ) -> tuple[str, int, Dtype]:
-    if isinstance(cell, nn.Module):
-        info = _cell_info(cell)
+    """Kind, features and dtype from a cell kind name or a cell (linen's, or NNX's)."""
+    if isinstance(cell, module_type):
+        info = (cell_info or _cell_info)(cell)
         if features is not None and features != info.features:
             raise ValueError(f"features={features!r} but the cell has {info.features} features")
         return info.kind, info.features, info.param_dtype
     if not isinstance(cell, str):
         raise TypeError(
-            f"cell must be one of {spec.CELLS} or a Flax linen {_SUPPORTED}; "
-            f"got {type(cell).__name__}"
+            f"cell must be one of {spec.CELLS} or a {supported}; got {type(cell).__name__}"
         )
     kind = spec.check_cell(cell)
     if features is None:

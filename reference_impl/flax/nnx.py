@@ -81,6 +81,7 @@ from reference_impl.flax.linen import (
     _stored,
     _uniform,
 )
+from reference_impl.flax.linen import _resolve_cell as _linen_resolve_cell
 
 __all__ = [
     "INITIAL_STATE_RNG",
@@ -190,20 +191,14 @@ def _check_deterministic(value: object) -> bool:
 def _resolve_cell(
     cell: str | nnx.Module, features: int | None, param_dtype: Dtype
 ) -> tuple[str, int, Dtype]:
-    if isinstance(cell, nnx.Module):
-        info = _cell_info(cell)
-        if features is not None and features != info.features:
-            raise ValueError(f"features={features!r} but the cell has {info.features} features")
-        return info.kind, info.features, info.param_dtype
-    if not isinstance(cell, str):
-        raise TypeError(
-            f"cell must be one of {spec.CELLS} or a Flax NNX {_SUPPORTED}; "
-            f"got {type(cell).__name__}"
-        )
-    kind = spec.check_cell(cell)
-    if features is None:
-        raise ValueError(f"cell={cell!r} needs features=<the hidden size>")
-    return kind, spec.check_positive_int("features", features), param_dtype
+    return _linen_resolve_cell(
+        cell,
+        features,
+        param_dtype,
+        module_type=nnx.Module,
+        cell_info=_cell_info,
+        supported=f"Flax NNX {_SUPPORTED}",
+    )
 
 
 class InitialState(nnx.Module):
