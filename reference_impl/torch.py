@@ -137,16 +137,16 @@ class InitialState(nn.Module):
         learnable_base = strategy == "learnable" or (
             strategy == "noisy" and opts["base"] == "learnable"
         )
+        # draws made once, at construction (learnable inits, resample=False), on the CPU
+        gen = torch.Generator().manual_seed(opts["seed"]) if opts["seed"] is not None else None
         if learnable_base:
             init = opts["init"] if strategy == "learnable" else "zeros"
-            gen = torch.Generator().manual_seed(opts["seed"]) if opts["seed"] is not None else None
             for name, f in zip(self._names(), self.features, strict=True):
                 param = nn.Parameter(torch.zeros(self.rows, f))
                 self._fill(param, init, f, gen)
                 self.register_parameter(name, param)
         elif strategy in ("uniform", "xavier") and not opts["resample"]:
             # Sampled once, stored (saved in state_dict, not trained), broadcast.
-            gen = torch.Generator().manual_seed(opts["seed"]) if opts["seed"] is not None else None
             for name, f in zip(self._names(), self.features, strict=True):
                 vec = _uniform(
                     (self.rows, f), self._bound(f), torch.float32, torch.device("cpu"), gen
@@ -323,7 +323,7 @@ class InitialStateRNN(nn.Module):
     def strategy(self) -> str:
         return self.initial_state.strategy
 
-    def _check_state(self, hx: Any, batch: int | None, x_dtype: torch.dtype) -> None:
+    def _check_state(self, hx: Any, batch: int | None) -> None:
         init = self.initial_state
         lstm = init.cell == "lstm"
         if lstm:
@@ -358,7 +358,7 @@ class InitialStateRNN(nn.Module):
         else:
             raise TypeError(f"input must be a Tensor or PackedSequence; got {type(x).__name__}")
         if hx is not None:
-            self._check_state(hx, None if unbatched else batch, like.dtype)
+            self._check_state(hx, None if unbatched else batch)
             return rnn(x, hx)
         hx = self.initial_state.init(batch, like=like)
         if unbatched:

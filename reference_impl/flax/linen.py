@@ -127,6 +127,24 @@ def _reject_seed(seed: int | None, where: str) -> None:
         )
 
 
+def _constructor_options(
+    strategy: str, options: dict[str, Any], where: str
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Split a linen constructor's keywords into Module arguments and strategy options.
+
+    Linen rebuilds modules from their fields (``options=...``) as well as from the
+    user's keywords, so both forms are merged; the options are then validated by the
+    spec and a ``seed`` is refused. Returns ``(module_args, strategy, options)``.
+    """
+    module_args = {k: options.pop(k) for k in ("parent", "name") if k in options}
+    given = dict(options.pop("options", None) or {})
+    given.update(options)
+    strategy = spec.check_strategy(strategy)
+    resolved = _resolve_options(strategy, given)
+    _reject_seed(resolved.get("seed"), where)
+    return module_args, strategy, resolved
+
+
 def _components(kind: str) -> tuple[str, ...]:
     return ("h", "c") if kind == "lstm" else ("h",)
 
@@ -481,12 +499,9 @@ class InitialState(_InitialStateFields):
         deterministic: bool | None = None,
         **options: Any,
     ) -> None:
-        module_args = {k: options.pop(k) for k in ("parent", "name") if k in options}
-        given = dict(options.pop("options", None) or {})
-        given.update(options)
-        strategy = spec.check_strategy(strategy)
-        resolved = _resolve_options(strategy, given)
-        _reject_seed(resolved.get("seed"), "reference_impl.flax.linen.InitialState")
+        module_args, strategy, resolved = _constructor_options(
+            strategy, options, "reference_impl.flax.linen.InitialState"
+        )
         kind, features, param_dtype = _resolve_cell(cell, features, param_dtype)
         if not isinstance(bidirectional, (bool, np.bool_)):
             raise TypeError(f"bidirectional must be True or False; got {bidirectional!r}")
@@ -793,12 +808,9 @@ class InitialStateRNN(_InitialStateRNNFields):
         deterministic: bool | None = None,
         **options: Any,
     ) -> None:
-        module_args = {k: options.pop(k) for k in ("parent", "name") if k in options}
-        given = dict(options.pop("options", None) or {})
-        given.update(options)
-        strategy = spec.check_strategy(strategy)
-        resolved = _resolve_options(strategy, given)
-        _reject_seed(resolved.get("seed"), "reference_impl.flax.linen.InitialStateRNN")
+        module_args, strategy, resolved = _constructor_options(
+            strategy, options, "reference_impl.flax.linen.InitialStateRNN"
+        )
         super().__init__(
             rnn=_normalize(rnn),
             strategy=strategy,
