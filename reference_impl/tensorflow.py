@@ -77,9 +77,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import keras
 import numpy as np
-from keras import ops
+
+from reference_impl._extras import missing_framework
+
+try:
+    import keras
+    from keras import ops
+except ModuleNotFoundError as _error:  # say which extra installs it
+    raise missing_framework(__name__, _error) from _error
 
 from reference_impl import STRATEGIES, spec
 

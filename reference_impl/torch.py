@@ -14,6 +14,15 @@ Use it as ``from reference_impl import torch as ri``::
 
 The strategies are defined in :mod:`reference_impl.spec`; this module implements
 them with torch tensors, on the dtype and device of the input.
+
+Export and serving: a wrapped layer exports like the bare one, with a dynamic batch,
+through ``torch.export.export`` (default and strict), the dynamo ONNX exporter
+(served by onnxruntime at any batch size) and ``torch.jit.trace`` (traced at one
+batch size, run at another); every strategy that is deterministic in evaluation
+(zero, learnable, noisy in ``eval()``, uniform and xavier with ``resample=False``).
+``torch.jit.script`` is not supported (TorchScript is in maintenance; trace or
+export instead). ``torch.compile(fullgraph=True)`` of any recurrent layer, wrapped or
+not, needs ``torch._dynamo.config.allow_rnn = True``.
 """
 
 from __future__ import annotations
@@ -21,9 +30,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from reference_impl._extras import missing_framework
+
+try:
+    import torch
+    from torch import Tensor, nn
+    from torch.nn.utils.rnn import PackedSequence
+except ModuleNotFoundError as _error:  # say which extra installs it
+    raise missing_framework(__name__, _error) from _error
 
 from reference_impl import STRATEGIES, spec
 
@@ -82,6 +96,31 @@ def _normal(
     return torch.randn(shape, dtype=_draw_dtype(dtype), device=device, generator=generator).to(
         dtype
     )
+
+
+def _exporting() -> bool:
+    """True while torch.export, torch.compile, the ONNX exporters or jit.trace record."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _check_batch_size(batch_size: Any) -> Any:
+    """A positive Python int, or a symbolic size while exporting or tracing.
+
+    ``torch.export`` and the dynamo ONNX exporter pass a ``torch.SymInt`` for a
+    dynamic batch; ``torch.jit.trace`` and the TorchScript ONNX exporter pass a
+    0-d integer tensor. Those are sizes of a real input and are taken as they are,
+    so the exported program keeps the batch dynamic; anything else is checked.
+    """
+    if isinstance(batch_size, torch.SymInt):
+        return batch_size
+    if (
+        isinstance(batch_size, Tensor)
+        and batch_size.dim() == 0
+        and not batch_size.is_floating_point()
+        and _exporting()
+    ):
+        return batch_size
+    return spec.check_positive_int("batch_size", batch_size)
 
 
 class InitialState(nn.Module):
@@ -211,8 +250,12 @@ class InitialState(nn.Module):
     def _expand(self, vec: Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         state = vec.to(device=device, dtype=dtype).unsqueeze(1).expand(-1, batch, -1)
         # cuDNN (and other fused GPU kernels) need a contiguous hx; on CPU the
-        # broadcast view is read as it is, with no copy.
-        return state if state.device.type == "cpu" else state.contiguous()
+        # broadcast view is read as it is, with no copy. An exported or compiled graph
+        # gets a contiguous state too: the ONNX LSTM loop requires its carried state
+        # to have the strides of the states it produces.
+        if state.device.type == "cpu" and not _exporting():
+            return state
+        return state.contiguous()
 
     # ------------------------------------------------------------------ call
 
@@ -229,7 +272,7 @@ class InitialState(nn.Module):
         Without ``like`` the state is float32 on the module's device (or the given
         ``dtype``/``device``).
         """
-        batch = spec.check_positive_int("batch_size", batch_size)
+        batch = _check_batch_size(batch_size)
         if like is not None:
             dtype = dtype or like.dtype
             device = device or like.device

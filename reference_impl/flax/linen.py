@@ -57,11 +57,17 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
-from flax.core import FrozenDict
+
+from reference_impl._extras import missing_framework
+
+try:
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+    from flax.core import FrozenDict
+except ModuleNotFoundError as _error:  # say which extra installs it
+    raise missing_framework(__name__, _error) from _error
 
 from reference_impl import STRATEGIES, spec
 

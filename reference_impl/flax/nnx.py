@@ -46,10 +46,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from flax.core import FrozenDict
+
+from reference_impl._extras import missing_framework
+
+try:
+    import jax.numpy as jnp
+    from flax import nnx
+    from flax.core import FrozenDict
+except ModuleNotFoundError as _error:  # say which extra installs it
+    raise missing_framework(__name__, _error) from _error
 
 from reference_impl import STRATEGIES, spec
 
