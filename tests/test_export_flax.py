@@ -73,3 +73,47 @@ def test_nnx_orbax_round_trip(cell, strategy, tmp_path):
     restored = save_and_restore(tmp_path / "ckpt", params, target)
     nnx.update(fresh, restored)
     np.testing.assert_array_equal(fresh(X), out)
+
+
+def serve_any_batch(fn, params):
+    """jax.export with a symbolic batch, serialized and read back, run at two batch sizes."""
+    (batch,) = jax.export.symbolic_shape("b")
+    exported = jax.export.export(jax.jit(fn))(
+        params, jax.ShapeDtypeStruct((batch, 6, 3), jnp.float32)
+    )
+    served = jax.export.deserialize(exported.serialize())
+    diffs = []
+    for b in (1, 9):
+        x = np.random.default_rng(b).normal(size=(b, 6, 3)).astype("float32")
+        out = served.call(params, x)
+        assert out.shape == (b, 6, 8) or out.shape == (b, 6, 1)
+        diffs.append(float(jnp.abs(out - fn(params, x)).max()))
+    return max(diffs)
+
+
+@pytest.mark.parametrize("strategy", ["zero", "learnable", "noisy"])
+@pytest.mark.parametrize("cell", [nn.GRUCell, nn.OptimizedLSTMCell])
+def test_linen_jax_export_with_a_dynamic_batch(cell, strategy):
+    options = {"noise_std": 0.2, "base": "learnable", "deterministic": True}
+    model = ri_linen.InitialStateRNN(
+        cell(features=8), strategy=strategy, **(options if strategy == "noisy" else {})
+    )
+    params = jax.tree.map(lambda p: p + 0.5, model.init(jax.random.key(0), X)["params"])
+    assert serve_any_batch(lambda p, x: model.apply({"params": p}, x), params) <= 1e-6
+
+
+@pytest.mark.parametrize("strategy", ["learnable", "noisy"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_nnx_jax_export_with_a_dynamic_batch(cell, strategy):
+    model = Model(cell, strategy, nnx.Rngs(0))
+    model.eval()
+    graphdef, template, rest = nnx.split(model, nnx.Param, ...)
+    # a serialized export takes plain arrays: the parameters as a pure dict
+    params = jax.tree.map(lambda p: p + 0.5, template.to_pure_dict())
+
+    def forward(p, x):
+        state = jax.tree.map(lambda v: v, template)
+        nnx.replace_by_pure_dict(state, p)
+        return nnx.merge(graphdef, state, rest)(x)
+
+    assert serve_any_batch(forward, params) <= 1e-6

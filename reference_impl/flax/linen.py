@@ -244,7 +244,18 @@ def _check_batch_shape(batch_shape: int | Sequence[int]) -> tuple[int, ...]:
             f"batch_shape must be an int or a tuple of ints; got {batch_shape!r} "
             f"of type {type(batch_shape).__name__}"
         )
-    return tuple(spec.check_positive_int("batch_shape entry", b) for b in batch_shape)
+    return tuple(_check_batch_dim(b) for b in batch_shape)
+
+
+def _check_batch_dim(size: Any) -> Any:
+    """A positive int, or a symbolic dimension (``jax.export`` with a dynamic batch).
+
+    A symbolic size is the size of a real input, taken as it is so the exported
+    function keeps its batch dynamic; anything else is checked.
+    """
+    if jax.export.is_symbolic_dim(size):
+        return size
+    return spec.check_positive_int("batch_shape entry", size)
 
 
 def _make_state(
