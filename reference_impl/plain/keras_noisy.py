@@ -1,5 +1,5 @@
-"""Noisy initial state in plain Keras 3: a learned base state plus N(0, sigma^2) noise
-when training=True (fit), exactly the base state otherwise (predict, evaluate)."""
+"""Noisy initial state in plain Keras 3: a learned base state plus
+N(0, sigma^2) noise when training=True (fit), else exactly the base."""
 
 import keras
 
@@ -8,25 +8,29 @@ import keras
 class NoisyState(keras.layers.Layer):
     def __init__(self, units, sigma=0.1, lstm=False, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.units, self.sigma, self.lstm, self.seed = units, sigma, lstm, seed
-        names = ("h0", "c0") if lstm else ("h0",)
+        self.units, self.sigma, self.lstm = units, sigma, lstm
         self.vectors = [
-            self.add_weight(shape=(1, units), initializer="zeros", name=n) for n in names
+            self.add_weight(shape=(1, units), initializer="zeros", name=name)
+            for name in (["h0", "c0"] if lstm else ["h0"])
         ]
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, inputs, training=False):  # returns [h] or [h, c], each (batch, units)
+    def call(self, inputs, training=False):  # [h] or [h, c], (batch, units)
         shape = (keras.ops.shape(inputs)[0], self.units)
         states = [keras.ops.broadcast_to(v, shape) for v in self.vectors]
         if training:
-            draw = keras.random.normal  # from the layer's own seeded generator
-            states = [s + self.sigma * draw(shape, seed=self.seed_generator) for s in states]
+            gen = self.seed_generator  # the layer's own seeded generator
+            noise = keras.random.normal
+            states = [s + self.sigma * noise(shape, seed=gen) for s in states]
         return states
 
     def get_config(self):
-        config = {"units": self.units, "sigma": self.sigma, "lstm": self.lstm, "seed": self.seed}
+        config = {"units": self.units, "sigma": self.sigma}
+        config |= {"lstm": self.lstm, "seed": self.seed}
         return {**super().get_config(), **config}
 
 
 # inputs = keras.Input((None, 1))
-# outputs = keras.layers.GRU(8)(inputs, initial_state=NoisyState(8, sigma=0.1)(inputs))
+# states = NoisyState(8, sigma=0.1)(inputs)
+# outputs = keras.layers.GRU(8)(inputs, initial_state=states)

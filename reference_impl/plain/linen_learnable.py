@@ -1,5 +1,5 @@
-"""Learnable initial state in plain Flax linen: self.param vectors broadcast over the
-batch and given to nn.RNN as its initial_carry."""
+"""Learnable initial state in plain Flax linen: self.param vectors broadcast
+over the batch and given to nn.RNN as its initial_carry."""
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -12,8 +12,14 @@ class LearnableStateRNN(nn.Module):
     @nn.compact
     def __call__(self, x):  # x: (batch, time, in_features)
         shape = (x.shape[0], self.features)
-        h = jnp.broadcast_to(self.param("h0", nn.initializers.zeros, (self.features,)), shape)
+
+        def start(name):
+            vector = self.param(name, nn.initializers.zeros, shape[1:])
+            return jnp.broadcast_to(vector, shape)
+
         if not self.lstm:
-            return nn.RNN(nn.GRUCell(self.features))(x, initial_carry=h)
-        c = jnp.broadcast_to(self.param("c0", nn.initializers.zeros, (self.features,)), shape)
-        return nn.RNN(nn.LSTMCell(self.features))(x, initial_carry=(c, h))  # Flax: (c, h)
+            rnn = nn.RNN(nn.GRUCell(self.features))
+            return rnn(x, initial_carry=start("h0"))
+        rnn = nn.RNN(nn.LSTMCell(self.features))
+        carry = (start("c0"), start("h0"))  # Flax LSTM cells carry (c, h)
+        return rnn(x, initial_carry=carry)

@@ -1,5 +1,5 @@
-"""Learnable initial state in plain Flax NNX: nnx.Param vectors broadcast over the batch
-and given to nnx.RNN as its initial_carry."""
+"""Learnable initial state in plain Flax NNX: nnx.Param vectors broadcast
+over the batch and given to nnx.RNN as its initial_carry."""
 
 import jax.numpy as jnp
 from flax import nnx
@@ -7,8 +7,8 @@ from flax import nnx
 
 class LearnableStateRNN(nnx.Module):
     def __init__(self, in_features, features, *, lstm=False, rngs: nnx.Rngs):
-        cell = (nnx.LSTMCell if lstm else nnx.GRUCell)(in_features, features, rngs=rngs)
-        self.rnn = nnx.RNN(cell)
+        cell_type = nnx.LSTMCell if lstm else nnx.GRUCell
+        self.rnn = nnx.RNN(cell_type(in_features, features, rngs=rngs))
         self.h0 = nnx.Param(jnp.zeros(features))
         self.c0 = nnx.Param(jnp.zeros(features)) if lstm else None
 
@@ -18,4 +18,4 @@ class LearnableStateRNN(nnx.Module):
         if self.c0 is None:
             return self.rnn(x, initial_carry=h)
         c = jnp.broadcast_to(self.c0[...], shape)
-        return self.rnn(x, initial_carry=(c, h))  # Flax LSTM cells carry (c, h)
+        return self.rnn(x, initial_carry=(c, h))  # Flax LSTM: (c, h)

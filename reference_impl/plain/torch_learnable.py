@@ -1,5 +1,5 @@
-"""Learnable initial state in plain PyTorch: one trainable vector per layer and direction
-(and one for c in an LSTM), shared by every sequence of the batch."""
+"""Learnable initial state in plain PyTorch: one trainable vector per layer
+and direction (LSTM: one for h, one for c), shared by the whole batch."""
 
 import torch
 from torch import nn
@@ -10,13 +10,16 @@ class LearnableStateRNN(nn.Module):
         super().__init__()
         self.rnn = rnn
         rows = rnn.num_layers * (2 if rnn.bidirectional else 1)
-        self.h0 = nn.Parameter(torch.zeros(rows, rnn.proj_size or rnn.hidden_size))
-        lstm = isinstance(rnn, nn.LSTM)
-        self.c0 = nn.Parameter(torch.zeros(rows, rnn.hidden_size)) if lstm else None
+        h_size = rnn.proj_size or rnn.hidden_size
+        self.h0 = nn.Parameter(torch.zeros(rows, h_size))
+        self.c0 = None
+        if isinstance(rnn, nn.LSTM):
+            self.c0 = nn.Parameter(torch.zeros(rows, rnn.hidden_size))
 
     def forward(self, x):
         batch = x.shape[0 if self.rnn.batch_first else 1]
-        # (rows, features) -> (rows, batch, features): a view; cuDNN wants it contiguous
+        # (rows, features) -> (rows, batch, features): expand makes a view,
+        # contiguous() the copy that cuDNN needs
         h0 = self.h0[:, None].expand(-1, batch, -1).contiguous()
         if self.c0 is None:
             return self.rnn(x, h0)

@@ -1,22 +1,24 @@
-"""Noisy initial state in plain PyTorch: a learned base state plus N(0, sigma^2) noise
-in training only; after model.eval() exactly the base state."""
+"""Noisy initial state in plain PyTorch: a learned base state plus
+N(0, sigma^2) noise in training; after model.eval(), exactly the base."""
 
 import torch
 from torch import nn
 
 
 class NoisyStateRNN(nn.Module):
-    def __init__(self, rnn: nn.RNNBase, sigma: float = 0.1):  # an nn.GRU, nn.LSTM or nn.RNN
-        super().__init__()
+    def __init__(self, rnn: nn.RNNBase, sigma: float = 0.1):
+        super().__init__()  # rnn: an nn.GRU, nn.LSTM or nn.RNN
         self.rnn, self.sigma = rnn, sigma
         rows = rnn.num_layers * (2 if rnn.bidirectional else 1)
-        self.h0 = nn.Parameter(torch.zeros(rows, rnn.proj_size or rnn.hidden_size))
-        lstm = isinstance(rnn, nn.LSTM)
-        self.c0 = nn.Parameter(torch.zeros(rows, rnn.hidden_size)) if lstm else None
+        h_size = rnn.proj_size or rnn.hidden_size
+        self.h0 = nn.Parameter(torch.zeros(rows, h_size))
+        self.c0 = None
+        if isinstance(rnn, nn.LSTM):
+            self.c0 = nn.Parameter(torch.zeros(rows, rnn.hidden_size))
 
     def start(self, base, batch):
         state = base[:, None].expand(-1, batch, -1)
-        if self.training:  # fresh noise per sequence, from torch's seeded generator
+        if self.training:  # a fresh draw per sequence, from torch's RNG
             state = state + self.sigma * torch.randn_like(state)
         return state.contiguous()
 
