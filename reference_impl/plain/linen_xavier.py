@@ -1,4 +1,4 @@
-"""A Xavier (Glorot) random initial carry in plain Flax linen: U(-b, b), b = sqrt(6 / (2H))."""
+"""A Xavier (Glorot) random initial carry in plain Flax linen: U(-b, b) with b = sqrt(6/(2H))."""
 
 import flax.linen as nn
 import jax
@@ -13,7 +13,7 @@ class XavierCarry(nn.Module):
 
     @nn.compact
     def __call__(self, batch_size):  # resampled every call, from the "initial_state" rngs
-        b = (6 / (2 * self.features)) ** 0.5  # fan_in = fan_out = features, not the batch
+        b = (6 / (2 * self.features)) ** 0.5  # fan_in = fan_out = features
         keys = jax.random.split(self.make_rng("initial_state"))
         shape = (batch_size, self.features)
         h, c = (jax.random.uniform(k, shape, jnp.float32, -b, b) for k in keys)

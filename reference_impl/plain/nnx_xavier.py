@@ -1,4 +1,4 @@
-"""A Xavier (Glorot) random initial carry in plain Flax NNX: U(-b, b), b = sqrt(6 / (2H))."""
+"""A Xavier (Glorot) random initial carry in plain Flax NNX: U(-b, b) with b = sqrt(6/(2H))."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ class XavierCarry(nnx.Module):
 
     def __init__(self, features, *, lstm=False, rngs: nnx.Rngs):
         self.features, self.lstm = features, lstm
-        self.bound = (6 / (2 * features)) ** 0.5  # fan_in = fan_out = features, not the batch
+        self.bound = (6 / (2 * features)) ** 0.5  # fan_in = fan_out = features
         self.rngs = rngs  # nnx.Rngs(seed): the same seed gives the same states
 
     def __call__(self, batch_size):  # resampled every call: each draw advances self.rngs
