@@ -108,6 +108,19 @@ def test_tabs_use_the_shared_labels_and_sync_keys(notebook):
         assert block["sync"] in FRAMEWORKS and block["label"] == LABELS[block["sync"]]
 
 
+@pytest.mark.parametrize("notebook", sorted(NOTEBOOKS))
+def test_package_snippets_in_tabs_run(notebook):
+    """The package shortcuts the book shows under the tabs run and give (4, 10, 8)."""
+    snippets = [b for b in tabbed_blocks(ROOT / "notebooks" / notebook) if not b["file"]]
+    assert {b["sync"] for b in snippets} == set(FRAMEWORKS)
+    for block in snippets:
+        namespace: dict = {}
+        exec(compile(block["code"], f"{notebook}:{block['sync']}", "exec"), namespace)
+        y = namespace["y"]
+        y = np.asarray(y.detach() if hasattr(y, "detach") else y)
+        assert y.shape == (4, 10, 8) and np.isfinite(y).all(), (block["sync"], y.shape)
+
+
 def test_tab_parser_finds_a_drifted_block(tmp_path):
     """The parser reads what the book shows: one changed character is seen."""
     nb = json.loads((ROOT / "notebooks" / "random_states.ipynb").read_text())
@@ -147,9 +160,7 @@ def test_plain_file_imports_only_its_framework_and_is_short(name):
             isinstance(node, ast.Expr) and node.lineno in docstrings
         ):
             skip |= set(range(node.lineno, node.end_lineno + 1))
-    code = [
-        line for n, line in enumerate(source.splitlines(), 1) if n not in skip and line.strip()
-    ]
+    code = [line for n, line in enumerate(source.splitlines(), 1) if n not in skip and line.strip()]
     assert 5 <= len(code) <= 25, (name, len(code))
     comments = [line for line in source.splitlines() if "resampled every call" in line]
     assert (len(comments) == 1) == (not name.endswith("_zero")), name
