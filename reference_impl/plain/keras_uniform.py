@@ -1,4 +1,4 @@
-"""A uniform random initial state in plain Keras: U(-b, b), b = 1/sqrt(units) by default."""
+"""A uniform random initial state in plain Keras: U(-b, b), b = 1/sqrt(units)."""
 
 import keras
 
@@ -9,20 +9,21 @@ class UniformState(keras.layers.Layer):
     def __init__(self, units, lstm=False, bound=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.units, self.components = units, 2 if lstm else 1
-        self.bound = bound or 1 / units**0.5  # the state's size only, not the batch
-        self.seed_generator = keras.random.SeedGenerator(seed)  # same seed, same states
+        self.bound = bound or 1 / units**0.5  # the state's size, not the batch
+        self.seeds = keras.random.SeedGenerator(seed)  # same seed, same states
 
-    def call(self, inputs):  # resampled every call, in training and at evaluation
-        shape = (keras.ops.shape(inputs)[0], self.units)  # the batch of the input
+    def call(self, inputs):  # resampled every call, in training and evaluation
+        shape = (keras.ops.shape(inputs)[0], self.units)  # the input's batch
         b, dtype = self.bound, self.compute_dtype
         return [
-            keras.random.uniform(shape, -b, b, dtype=dtype, seed=self.seed_generator)
+            keras.random.uniform(shape, -b, b, dtype=dtype, seed=self.seeds)
             for _ in range(self.components)
         ]
 
 
 if __name__ == "__main__":
-    inputs = keras.Input((10, 3))  # (time, features); the batch comes at run time
-    outputs = keras.layers.GRU(8)(inputs, initial_state=UniformState(8, seed=0)(inputs))
+    inputs = keras.Input((10, 3))  # (time, features); the batch comes later
+    state = UniformState(8, seed=0)(inputs)
+    outputs = keras.layers.GRU(8)(inputs, initial_state=state)
     model = keras.Model(inputs, outputs)
     y = model(keras.random.normal((4, 10, 3), seed=0))

@@ -1,4 +1,4 @@
-"""The zero initial state in plain Keras: what GRU and LSTM use without initial_state.
+"""The zero initial state in plain Keras: what GRU and LSTM use by default.
 
 Pass it explicitly to reset a state you carry from one call to the next."""
 
@@ -13,8 +13,9 @@ class ZeroState(keras.layers.Layer):
         self.units, self.components = units, 2 if lstm else 1
 
     def call(self, inputs):
-        shape = (keras.ops.shape(inputs)[0], self.units)  # the batch of the input
-        return [keras.ops.zeros(shape, dtype=self.compute_dtype)] * self.components
+        shape = (keras.ops.shape(inputs)[0], self.units)  # the input's batch
+        zeros = keras.ops.zeros(shape, dtype=self.compute_dtype)
+        return [zeros] * self.components
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A Xavier (Glorot) random initial carry in plain Flax linen: U(-b, b) with b = sqrt(6/(2H))."""
+"""Xavier (Glorot) random initial carry in plain Flax linen: b = sqrt(6/(2H))."""
 
 import flax.linen as nn
 import jax
@@ -6,13 +6,13 @@ import jax.numpy as jnp
 
 
 class XavierCarry(nn.Module):
-    """The carry of a GRU cell, or (c, h) of an LSTM cell: (batch, features) each."""
+    """The carry of a GRU cell, or (c, h) of an LSTM cell: (batch, features)."""
 
     features: int
     lstm: bool = False
 
     @nn.compact
-    def __call__(self, batch_size):  # resampled every call, from the "initial_state" rngs
+    def __call__(self, batch_size):  # resampled every call: "initial_state" rng
         b = (6 / (2 * self.features)) ** 0.5  # fan_in = fan_out = features
         keys = jax.random.split(self.make_rng("initial_state"))
         shape = (batch_size, self.features)
@@ -28,6 +28,7 @@ class Encoder(nn.Module):  # how a model uses it: the carry goes to nn.RNN
 
 
 if __name__ == "__main__":
-    x = jax.random.normal(jax.random.key(0), (4, 10, 3))  # (batch, time, features)
-    variables = Encoder().init(jax.random.key(1), x)  # init draws with the "params" key
-    y = Encoder().apply(variables, x, rngs={"initial_state": jax.random.key(2)})
+    x = jax.random.normal(jax.random.key(0), (4, 10, 3))  # (batch, time, in)
+    variables = Encoder().init(jax.random.key(1), x)  # init: the "params" key
+    rngs = {"initial_state": jax.random.key(2)}  # same key, same states
+    y = Encoder().apply(variables, x, rngs=rngs)

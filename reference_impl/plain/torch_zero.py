@@ -1,4 +1,4 @@
-"""The zero initial state in plain PyTorch: what nn.GRU and nn.LSTM use when none is passed.
+"""The zero initial state in plain PyTorch: nn.GRU's and nn.LSTM's default.
 
 Pass it explicitly to reset a state you carry from one call to the next."""
 
@@ -7,10 +7,11 @@ from torch import nn
 
 
 def zero_state(rnn: nn.RNNBase, x: torch.Tensor):
-    """h0, or (h0, c0) for an LSTM: zeros, (num_layers * num_directions, batch, H)."""
+    """h0, or (h0, c0) for an LSTM: zeros, (layers * directions, batch, H)."""
     rows = rnn.num_layers * (2 if rnn.bidirectional else 1)
     batch = x.shape[0] if rnn.batch_first else x.shape[1]
-    h0 = x.new_zeros(rows, batch, rnn.proj_size or rnn.hidden_size)  # x's dtype, device
+    h_size = rnn.proj_size or rnn.hidden_size  # an LSTM may project h
+    h0 = x.new_zeros(rows, batch, h_size)  # on x's dtype and device
     if isinstance(rnn, nn.LSTM):
         return h0, x.new_zeros(rows, batch, rnn.hidden_size)
     return h0
