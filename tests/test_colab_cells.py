@@ -180,9 +180,7 @@ GROUPS = groups()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "key", list(GROUPS), ids=["+".join(e + p) or "none" for e, p in GROUPS]
-)
+@pytest.mark.parametrize("key", list(GROUPS), ids=["+".join(e + p) or "none" for e, p in GROUPS])
 def test_first_cell_installs_what_the_chapters_import(key, tmp_path):
     paths = GROUPS[key]
     extras, packages = key
@@ -190,9 +188,7 @@ def test_first_cell_installs_what_the_chapters_import(key, tmp_path):
     venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
     }
     env.update(
         PIP_CONSTRAINT=str(ROOT / "constraints-cpu.txt"),
