@@ -64,6 +64,7 @@ EXTRA_OF_PACKAGE_MODULE = {
     "reference_impl.torch": "torch",
     "reference_impl.tensorflow": "tensorflow",
     "reference_impl.flax": "flax",
+    "reference_impl.experiments": "experiments",
 }
 
 
