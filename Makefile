@@ -50,8 +50,8 @@ book: $(STAMP)
 	@echo "book built: _build/html/index.html"
 
 lint: $(STAMP)
-	$(BIN)/ruff check reference_impl tests benchmarks notebooks
-	$(BIN)/ruff format --check reference_impl tests benchmarks notebooks
+	$(BIN)/ruff check reference_impl tests benchmarks notebooks tools
+	$(BIN)/ruff format --check reference_impl tests benchmarks notebooks tools
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 unit: $(STAMP)
