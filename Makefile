@@ -32,7 +32,7 @@ help:
 	@echo "make test       lint, unit/property/parity/serialization tests, nbval"
 	@echo "make notebooks  re-execute every notebook in place (refresh stored outputs)"
 	@echo "make lab        JupyterLab on the notebooks"
-	@echo "make bench      benchmarks: ratios against the bare framework layers"
+	@echo "make bench      benchmarks against the bare layers: every round to results/bench-*.csv"
 	@echo "make clean      remove build outputs (keeps .venv)"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
@@ -50,8 +50,8 @@ book: $(STAMP)
 	@echo "book built: _build/html/index.html"
 
 lint: $(STAMP)
-	$(BIN)/ruff check reference_impl tests benchmarks notebooks
-	$(BIN)/ruff format --check reference_impl tests benchmarks notebooks
+	$(BIN)/ruff check reference_impl tests benchmarks notebooks tools
+	$(BIN)/ruff format --check reference_impl tests benchmarks notebooks tools
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 unit: $(STAMP)
@@ -68,8 +68,11 @@ notebooks: $(STAMP)
 	    --ExecutePreprocessor.timeout=1200 "$$nb"; \
 	done
 
+# As root (in a container) Jupyter refuses to start without --allow-root; add flags
+# with LAB_FLAGS, e.g. LAB_FLAGS="--ip=0.0.0.0 --no-browser" to reach it from the host.
+LAB_FLAGS ?=
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_FLAGS) notebooks
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python "$$b"; done
