@@ -54,11 +54,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check reference_impl tests benchmarks notebooks tools
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
+# Test files (and notebooks) run in parallel, one worker per core, each file whole in
+# one worker: a notebook's cells share one kernel, in order.
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q  # tests/ and the doctests of reference_impl (pyproject testpaths)
+	# tests/ and the doctests of reference_impl (pyproject testpaths)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 
 nbval: $(STAMP)
-	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg -q
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval $(NOTEBOOKS) \
+	  --nbval-sanitize-with notebooks/sanitize.cfg -q
 
 test: lint unit nbval
 

@@ -4,6 +4,6 @@
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "slow: minutes, not seconds (fresh virtual environments); run by `make test`, "
+        "slow: a fresh virtual environment and a pip install (minutes); run by `make test`, "
         'deselect with -m "not slow"',
     )
