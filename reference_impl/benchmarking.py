@@ -181,7 +181,7 @@ def provenance(
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "versions": " ".join(f"{k} {v}" for k, v in versions.items()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _commit(),
     }
 
