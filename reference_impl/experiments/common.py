@@ -234,9 +234,10 @@ def epoch_batches(rng: np.random.Generator, n: int, batch_size: int) -> list[np.
 def perturb_noise(seed: int, scale_index: int, shape: tuple[int, ...]) -> np.ndarray:
     """Standard normal noise for the perturbed-start evaluation (float32).
 
-    Multiply by ``PERTURB_SCALES[scale_index] * rms`` and add to the model's own start.
-    One call per state component (h, then c), with ``shape = (n_test, hidden)`` for
-    windows or ``(n_test_streams, chunks, hidden)`` for chunks; ``component`` 0 is h.
+    Multiply by ``PERTURB_SCALES[scale_index] * rms`` of each state component (h, and c
+    for an LSTM: the same draw, scaled by each component's rms) and add it to the
+    model's own start; ``shape = (n_test, hidden)`` for windows or
+    ``(n_test_streams, chunks, hidden)`` for chunks (one draw per chunk start).
     """
     rng = np.random.default_rng([int(seed), 7919, int(scale_index), len(shape), *shape])
     return rng.standard_normal(shape).astype(np.float32)
