@@ -193,7 +193,7 @@ class _Compiled:
         return params
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(kind: str, strategy: str, hidden: int, lr: float, options: tuple) -> _Compiled:
     return _Compiled(kind, strategy, hidden, lr, options)
 
@@ -243,7 +243,7 @@ def _predict(
         flat = x.reshape(-1, shape[-2], 1)
         starts = _components(comp.start(params, flat.shape[0], key), comp.kind)
         if noise is not None:
-            starts = [s + n.reshape(-1, hidden) for s, n in zip(starts, noise)]
+            starts = [s + n.reshape(-1, hidden) for s, n in zip(starts, noise, strict=True)]
         carry = _carry(starts, comp.kind)
         pred, seq, _ = comp.forward(params, flat, carry)
         states = [np.asarray(seq)]
@@ -254,7 +254,9 @@ def _predict(
     preds, seqs = [], [[] for _ in range(2 if comp.kind == "lstm" else 1)]
     carried = _components(comp._zeros(s), comp.kind)
     for k in range(c):
-        starts = carried if noise is None else [a + n[:, k] for a, n in zip(carried, noise)]
+        starts = (
+            carried if noise is None else [a + n[:, k] for a, n in zip(carried, noise, strict=True)]
+        )
         carry = _carry(starts, comp.kind)
         pred, seq, final = comp.forward(params, x[:, k], carry)
         preds.append(np.asarray(pred))
@@ -265,17 +267,21 @@ def _predict(
     return np.stack(preds, 1), [np.stack(q, 1) for q in seqs]
 
 
-def _run(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> dict[str, Any]:
+def _fit(
+    cfg: common.TrialConfig, settings: dict[str, Any], task: Any
+) -> tuple[_Compiled, Any, list[float], int, float]:
+    """Train with early stopping; returns the best validation epoch's parameters.
+
+    Returns the compiled structure, the parameters, the validation MSE of every epoch,
+    the best epoch and the seconds.
+    """
     batch, hidden = int(settings["batch_size"]), int(settings["hidden"])
     comp = _compiled(cfg.cell, cfg.base_strategy, hidden, float(settings["lr"]), _options(cfg))
-    steps = task.train_x.shape[-2]
     root = jax.random.key(cfg.seed)
-    params = comp.init_params(cfg.seed, steps)
+    params = comp.init_params(cfg.seed, task.train_x.shape[-2])
     opt_state = comp.tx.init(params)
     rng = common.batch_rng(cfg.seed)
-    chunks = cfg.kind == "chunks"
-    stateful = cfg.strategy == "stateful"
-
+    chunks, stateful = cfg.kind == "chunks", cfg.strategy == "stateful"
     t0 = time.perf_counter()
     val_by_epoch: list[float] = []
     best, best_epoch, best_params = np.inf, -1, params
@@ -285,34 +291,53 @@ def _run(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> dict[s
         params, opt_state = comp.epoch(
             params, opt_state, xb, yb, wb, key, chunks=chunks, stateful=stateful
         )
-        val_key = jax.random.fold_in(jax.random.fold_in(root, _VAL), epoch)
-        pred, _ = _predict(comp, params, cfg, task.val_x, val_key)
-        val = float(np.mean(common.per_step_mse(pred, task.val_y)))
+        val = _val_mse(comp, params, cfg, task, epoch)
         val_by_epoch.append(val)
         if val < best:
             best, best_epoch, best_params = val, epoch, params
         elif epoch - best_epoch >= int(settings["patience"]):
             break
-    params = best_params
-    train_seconds = time.perf_counter() - t0
+    return comp, best_params, val_by_epoch, best_epoch, time.perf_counter() - t0
 
-    test_key = jax.random.fold_in(root, _TEST)
-    pred, states = _predict(comp, params, cfg, task.test_x, test_key)
+
+def _val_mse(comp: _Compiled, params: Any, cfg: common.TrialConfig, task: Any, epoch: int) -> float:
+    """Validation MSE (all steps); uniform/xavier draw a fresh start every epoch."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), _VAL), epoch)
+    pred, _ = _predict(comp, params, cfg, task.val_x, key)
+    return float(np.mean(common.per_step_mse(pred, task.val_y)))
+
+
+def _evaluate(
+    comp: _Compiled, params: Any, cfg: common.TrialConfig, task: Any
+) -> tuple[dict[str, list[float]], list[float]]:
+    """The test curve, the perturbed-start curves, and the rms of each state component.
+
+    uniform/xavier draw their start from one key of the seed, so the clean and the
+    perturbed runs start from the same draw and two evaluations agree.
+    """
+    key = jax.random.fold_in(jax.random.key(cfg.seed), _TEST)
+    pred, states = _predict(comp, params, cfg, task.test_x, key)
     curves = {"test": common.per_step_mse(pred, task.test_y).tolist()}
     rms = [common.state_rms(s) for s in states]
-    start_shape = (*task.test_x.shape[: 1 if cfg.kind == "windows" else 2], hidden)
+    start_shape = (*task.test_x.shape[: 1 if cfg.kind == "windows" else 2], comp.hidden)
     for i, scale in enumerate(common.PERTURB_SCALES):
-        noise = [
-            np.float32(scale * r) * common.perturb_noise(cfg.seed, i, start_shape) for r in rms
-        ]
-        p, _ = _predict(comp, params, cfg, task.test_x, test_key, noise)
+        # One draw per scale, shared by h and c, each scaled by its own rms.
+        base = common.perturb_noise(cfg.seed, i, start_shape)
+        noise = [np.float32(scale * r) * base for r in rms]
+        p, _ = _predict(comp, params, cfg, task.test_x, key, noise)
         curves[f"perturbed@{scale}"] = common.per_step_mse(p, task.test_y).tolist()
+    return curves, rms
+
+
+def _run(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> dict[str, Any]:
+    comp, params, val_by_epoch, best_epoch, seconds = _fit(cfg, settings, task)
+    curves, rms = _evaluate(comp, params, cfg, task)
     curves["val_by_epoch"] = val_by_epoch
     scalars = {
         **common.summarize(curves),
         "epochs": len(val_by_epoch),
         "best_epoch": best_epoch,
-        "train_seconds": train_seconds,
+        "train_seconds": seconds,
         "state_rms": rms[0],
     }
     dev = jax.devices()[0]

@@ -75,7 +75,7 @@ def _bare_weights(cell: str, hidden: int, seed: int) -> list[np.ndarray]:
     layer, head = _layer(cell, hidden), keras.layers.Dense(1)
     layer.build((None, None, 1))
     head.build((None, None, hidden))
-    return [np.asarray(v) for v in layer.trainable_weights + head.trainable_weights]
+    return [keras.ops.convert_to_numpy(v) for v in layer.trainable_weights + head.trainable_weights]
 
 
 class _Model:
@@ -150,19 +150,23 @@ class _Model:
 
     def reset(self, cfg: common.TrialConfig) -> None:
         """Give the model the trial's initial weights, a fresh optimizer and strategy."""
-        for var, value in zip(self.bare, _bare_weights(self.cell, self.hidden, cfg.seed)):
+        for var, value in zip(
+            self.bare, _bare_weights(self.cell, self.hidden, cfg.seed), strict=True
+        ):
             var.assign(value)
         # A fresh wrapper with the trial's options holds the strategy's initial
         # variables (h0, c0, sigma, the seed generator's state); copy them over.
         fresh_layer = _layer(self.cell, self.hidden)
         fresh_layer.build((None, None, 1))
         fresh = ri.InitialStateRNN(fresh_layer, strategy=self.strategy, **cfg.strategy_options())
-        for var, value in zip(self.rnn.initial_state.variables, fresh.initial_state.variables):
+        for var, value in zip(
+            self.rnn.initial_state.variables, fresh.initial_state.variables, strict=True
+        ):
             var.assign(value)
         for var in self.optimizer.variables:
             if var is not self.optimizer._learning_rate:
                 var.assign(tf.zeros_like(var))
-        self.generator_start = [np.asarray(v) for v in self._generators()]
+        self.generator_start = [keras.ops.convert_to_numpy(v) for v in self._generators()]
 
     def _generators(self) -> list[Any]:
         gen = self.rnn.initial_state.seed_generator
@@ -175,20 +179,20 @@ class _Model:
         trial (so every evaluation of the test set sees the same draw), and the
         generator then goes on where it was.
         """
-        saved = [np.asarray(v) for v in self._generators()]
+        saved = [keras.ops.convert_to_numpy(v) for v in self._generators()]
         if fixed:
-            for var, value in zip(self._generators(), self.generator_start):
+            for var, value in zip(self._generators(), self.generator_start, strict=True):
                 var.assign(value)
         start = self.rnn.initial_state.get_initial_state(n, training=False)
-        for var, value in zip(self._generators(), saved):
+        for var, value in zip(self._generators(), saved, strict=True):
             var.assign(value)
         return [tf.convert_to_tensor(s) for s in start]
 
     def get_params(self) -> list[np.ndarray]:
-        return [np.array(v) for v in self.trainable]
+        return [np.array(keras.ops.convert_to_numpy(v)) for v in self.trainable]
 
     def set_params(self, values: list[np.ndarray]) -> None:
-        for var, value in zip(self.trainable, values):
+        for var, value in zip(self.trainable, values, strict=True):
             var.assign(value)
 
 
@@ -277,7 +281,7 @@ def _predict(
     if cfg.kind == "windows":
         starts = model.own_start(x.shape[0], fixed=fixed)
         if noise is not None:
-            starts = [s + n for s, n in zip(starts, noise)]
+            starts = [s + n for s, n in zip(starts, noise, strict=True)]
         pred, seq, _ = model.forward(x, starts)
         states = [np.asarray(seq)]
         if model.memory is not None:
@@ -292,7 +296,9 @@ def _predict(
     preds, seqs = [], [[] for _ in range(comps)]
     carried = _zeros(s, hidden, comps)
     for k in range(c):
-        starts = carried if noise is None else [a + n[:, k] for a, n in zip(carried, noise)]
+        starts = (
+            carried if noise is None else [a + n[:, k] for a, n in zip(carried, noise, strict=True)]
+        )
         pred, seq, carried = model.forward(x[:, k], starts)
         preds.append(np.asarray(pred))
         seqs[0].append(np.asarray(seq))
@@ -314,12 +320,16 @@ def _val_mse(model: _Model, cfg: common.TrialConfig, task: Any) -> float:
     return float(np.mean(common.per_step_mse(pred, task.val_y)))
 
 
-def _run(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> dict[str, Any]:
-    batch = int(settings["batch_size"])
-    steps = task.train_x.shape[1] if cfg.kind == "windows" else task.train_x.shape[2]
-    model = _model(cfg, settings, steps)
-    rng = common.batch_rng(cfg.seed)
+def _fit(
+    cfg: common.TrialConfig, settings: dict[str, Any], task: Any
+) -> tuple[_Model, list[float], int, float]:
+    """Train with early stopping; the model ends with its best validation epoch's weights.
 
+    Returns the model, the validation MSE of every epoch, the best epoch and the seconds.
+    """
+    batch = int(settings["batch_size"])
+    model = _model(cfg, settings, task.train_x.shape[-2])
+    rng = common.batch_rng(cfg.seed)
     t0 = time.perf_counter()
     val_by_epoch: list[float] = []
     best, best_epoch, best_params = np.inf, -1, model.get_params()
@@ -332,39 +342,48 @@ def _run(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> dict[s
         elif epoch - best_epoch >= int(settings["patience"]):
             break
     model.set_params(best_params)
-    train_seconds = time.perf_counter() - t0
+    return model, val_by_epoch, best_epoch, time.perf_counter() - t0
 
+
+def _evaluate(
+    model: _Model, cfg: common.TrialConfig, task: Any
+) -> tuple[dict[str, list[float]], list[float]]:
+    """The test curve, the perturbed-start curves, and the rms of each state component."""
     pred, states = _predict(model, cfg, task.test_x)
     curves = {"test": common.per_step_mse(pred, task.test_y).tolist()}
     rms = [common.state_rms(s) for s in states]
-    start_shape = (
-        (task.test_x.shape[0], model.hidden)
-        if cfg.kind == "windows"
-        else (*task.test_x.shape[:2], model.hidden)
-    )
+    start_shape = (*task.test_x.shape[: 1 if cfg.kind == "windows" else 2], model.hidden)
     for i, scale in enumerate(common.PERTURB_SCALES):
-        noise = [
-            np.float32(scale * r) * common.perturb_noise(cfg.seed, i, start_shape) for r in rms
-        ]
-        p, _ = _predict(model, cfg, task.test_x, noise)
+        # One draw per scale, shared by h and c, each scaled by its own rms.
+        base = common.perturb_noise(cfg.seed, i, start_shape)
+        p, _ = _predict(model, cfg, task.test_x, [np.float32(scale * r) * base for r in rms])
         curves[f"perturbed@{scale}"] = common.per_step_mse(p, task.test_y).tolist()
+    return curves, rms
+
+
+def _device() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "cpu"
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu")
+
+
+def _run(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> dict[str, Any]:
+    model, val_by_epoch, best_epoch, seconds = _fit(cfg, settings, task)
+    curves, rms = _evaluate(model, cfg, task)
     curves["val_by_epoch"] = val_by_epoch
     scalars = {
         **common.summarize(curves),
         "epochs": len(val_by_epoch),
         "best_epoch": best_epoch,
-        "train_seconds": train_seconds,
+        "train_seconds": seconds,
         "state_rms": rms[0],
     }
-    gpus = tf.config.list_physical_devices("GPU")
-    device = "cpu"
-    if gpus:
-        device = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu")
     return {
         "curves": curves,
         "scalars": scalars,
         "framework_version": f"keras {keras.__version__} (tensorflow {tf.__version__})",
-        "device": device,
+        "device": _device(),
     }
 
 
