@@ -138,7 +138,7 @@ def _initial_weights(fw: str, strategy: str, seed: int) -> list[np.ndarray]:
         model = mod._model(cfg, SETTINGS, STEPS)
         return [np.array(keras.ops.convert_to_numpy(v)) for v in model.bare]
     comp = mod._compiled("gru", cfg.base_strategy, 4, 0.05, mod._options(cfg))
-    params = comp.init_params(seed, STEPS)
+    params = comp.init_params(seed)
     import jax
 
     return [np.asarray(a) for a in jax.tree.leaves((params["rnn"]["rnn"], params["head"]))]

@@ -163,10 +163,14 @@ class _Model:
             self.rnn.initial_state.variables, fresh.initial_state.variables, strict=True
         ):
             var.assign(value)
-        for var in self.optimizer.variables:
-            if var is not self.optimizer._learning_rate:
+        for var in self.optimizer.variables:  # iterations and moments; not the rate
+            if var.name != "learning_rate":
                 var.assign(tf.zeros_like(var))
-        self.generator_start = [keras.ops.convert_to_numpy(v) for v in self._generators()]
+        # The test set's uniform/xavier start: a stream of its own, fixed per seed.
+        self.generator_test = [
+            keras.ops.convert_to_numpy(keras.random.SeedGenerator(cfg.seed + _TEST_STREAM).state)
+            for _ in self._generators()
+        ]
 
     def _generators(self) -> list[Any]:
         gen = self.rnn.initial_state.seed_generator
@@ -175,13 +179,13 @@ class _Model:
     def own_start(self, n: int, fixed: bool) -> list[tf.Tensor]:
         """The strategy's start at evaluation (no noise) for ``n`` sequences.
 
-        ``fixed``: uniform/xavier draw from the generator's state at the start of the
-        trial (so every evaluation of the test set sees the same draw), and the
-        generator then goes on where it was.
+        ``fixed``: uniform/xavier draw from a state fixed by the seed (so every
+        evaluation of the test set sees the same draw), and the training generator
+        then goes on where it was; otherwise they draw from the training generator.
         """
         saved = [keras.ops.convert_to_numpy(v) for v in self._generators()]
         if fixed:
-            for var, value in zip(self._generators(), self.generator_start, strict=True):
+            for var, value in zip(self._generators(), self.generator_test, strict=True):
                 var.assign(value)
         start = self.rnn.initial_state.get_initial_state(n, training=False)
         for var, value in zip(self._generators(), saved, strict=True):
@@ -211,6 +215,7 @@ class _WithMemory(keras.layers.Layer):
 
 
 _MODELS: dict[tuple, _Model] = {}
+_TEST_STREAM = 7919  # offset of the seed of the test set's start draws
 
 
 def _model(cfg: common.TrialConfig, settings: dict[str, Any], steps: int) -> _Model:
