@@ -160,7 +160,7 @@ class TrialConfig:
 # sequences, steps) are read by tasks.load_task.
 _TRAIN = {
     "quick": {"hidden": 8, "batch_size": 32, "lr": 0.01, "max_epochs": 3, "patience": 2},
-    "standard": {"hidden": 16, "batch_size": 32, "lr": 0.01, "max_epochs": 30, "patience": 5},
+    "standard": {"hidden": 16, "batch_size": 32, "lr": 0.02, "max_epochs": 20, "patience": 5},
     "full": {"hidden": 32, "batch_size": 32, "lr": 0.005, "max_epochs": 200, "patience": 20},
 }
 _TASK_SIZES: dict[str, dict[str, dict[str, int]]] = {
@@ -173,12 +173,12 @@ _TASK_SIZES: dict[str, dict[str, dict[str, int]]] = {
         "co2": {"steps": 24, "stride": 4},
     },
     "standard": {
-        "variable_start": {"n_train": 256, "n_val": 64, "n_test": 128, "steps": 30},
-        "long_control": {"n_train": 64, "n_val": 32, "n_test": 64, "steps": 200},
-        "fixed_start": {"n_train": 256, "n_val": 64, "n_test": 128, "steps": 20},
-        "stream_chunks": {"n_train": 32, "n_val": 8, "n_test": 16, "chunks": 8, "chunk_len": 20},
-        "sunspots": {"steps": 20, "stride": 1},
-        "co2": {"steps": 24, "stride": 1},
+        "variable_start": {"n_train": 128, "n_val": 64, "n_test": 128, "steps": 30},
+        "long_control": {"n_train": 32, "n_val": 16, "n_test": 32, "steps": 200},
+        "fixed_start": {"n_train": 128, "n_val": 64, "n_test": 128, "steps": 20},
+        "stream_chunks": {"n_train": 16, "n_val": 8, "n_test": 16, "chunks": 6, "chunk_len": 20},
+        "sunspots": {"steps": 20, "stride": 2},
+        "co2": {"steps": 24, "stride": 3},
     },
     "full": {
         "variable_start": {"n_train": 2048, "n_val": 256, "n_test": 512, "steps": 40},

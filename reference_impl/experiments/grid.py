@@ -302,6 +302,12 @@ def _trainable(config: dict[str, Any]) -> dict[str, Any]:
     return _run_one(config["trial"])
 
 
+def _ends_in_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class _Journal:
     """Appends each finished trial's rows to the journal and prints one progress line."""
 
@@ -321,8 +327,11 @@ class _Journal:
             "seconds": result["trial_seconds"],
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:  # one line per trial: an interruption loses one
-            f.write(json.dumps(record) + "\n")
+        # One line per trial: an interruption tears at most the last line, and the next
+        # record starts on a line of its own.
+        torn = self.path.exists() and self.path.stat().st_size and not _ends_in_newline(self.path)
+        with self.path.open("a") as f:
+            f.write(("\n" if torn else "") + json.dumps(record) + "\n")
         self.finished += 1
         self.seconds.append((cfg["framework"], result["trial_seconds"]))
         elapsed = time.time() - self.start

@@ -157,7 +157,7 @@ def compare_to(
     the returned table: one family), ``ratio`` (median of strategy / reference) and
     ``rank_biserial`` (positive: the strategy's error is larger).
     """
-    missing = sorted(set(group) | {"strategy", "seed", value} - set(wide.columns))
+    missing = sorted((set(group) | {"strategy", "seed", value}) - set(wide.columns))
     if missing:
         raise ValueError(f"compare_to needs column(s) {missing}; got {list(wide.columns)}")
     rows = []
