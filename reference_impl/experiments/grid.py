@@ -388,6 +388,7 @@ def _init_ray(num_cpus: int | None, log=sys.stdout) -> bool:
             ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env}, **kwargs)
             return True
         except Exception as err:  # Ray raises a bare Exception on a start timeout
+            ray.shutdown()  # stop what the failed start left running
             if "timed out" not in str(err):
                 raise
             print(f"the local Ray instance did not start (attempt {attempt + 1})", file=log)
