@@ -107,6 +107,12 @@ def test_compare_to_pairs_by_seed_and_corrects_over_the_table():
     uni = out.set_index("strategy").loc["uniform"]
     assert uni["p"] > 0.5 and uni["diff_lo"] < 0 < uni["diff_hi"]
     np.testing.assert_allclose(out["p_holm"], stats.holm(out["p"]))
+    # Holm's family is one (task, framework, cell): a second cell is corrected apart
+    other = pd.DataFrame(rows).assign(cell="lstm")
+    both = stats.compare_to(pd.concat([pd.DataFrame(rows), other]))
+    assert len(both) == 2 * len(out)
+    for _, g in both.groupby("cell"):
+        np.testing.assert_allclose(g["p_holm"], stats.holm(g["p"]))
     with pytest.raises(ValueError, match="seed"):
         stats.compare_to(pd.DataFrame(rows).drop(columns="seed"))
 

@@ -61,7 +61,7 @@ def compare(
     tasks: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Every strategy against ``reference`` per (task, framework, cell), paired by seed,
-    Holm-corrected over the whole returned table."""
+    Holm-corrected within each (task, framework, cell)."""
     v = values(df, what)
     if strategies is not None:
         v = v[v["strategy"].isin([reference, *strategies])]
@@ -95,8 +95,14 @@ def ratio_ci(
             boots = a[idx].mean(1) / b[idx].mean(1)
             lo, hi = np.quantile(boots, [0.025, 0.975])
             rows.append(
-                {**dict(zip(GROUP, keys, strict=True)), "strategy": s,
-                 "ratio": a.mean() / b.mean(), "lo": lo, "hi": hi, "n": a.size}
+                {
+                    **dict(zip(GROUP, keys, strict=True)),
+                    "strategy": s,
+                    "ratio": a.mean() / b.mean(),
+                    "lo": lo,
+                    "hi": hi,
+                    "n": a.size,
+                }
             )
     return pd.DataFrame(rows)
 
