@@ -96,7 +96,8 @@ class _Model:
         )
         self.bare = self.layer.trainable_weights + self.head.trainable_weights
         self.trainable = self.rnn.trainable_weights + self.head.trainable_weights
-        self.optimizer = keras.optimizers.Adam(lr)
+        # epsilon as in torch.optim.Adam and optax.adam (Keras defaults to 1e-7)
+        self.optimizer = keras.optimizers.Adam(lr, epsilon=1e-8)
         self.optimizer.build(self.trainable)
         self.states_spec = [tf.TensorSpec((batch, hidden), tf.float32)] * self.components
         x_spec = tf.TensorSpec((batch, steps, 1), tf.float32)
