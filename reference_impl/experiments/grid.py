@@ -318,6 +318,11 @@ class _Journal:
         self.finished = 0
         self.seconds: list[tuple[str, float]] = []
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; a log stream cannot be
+        # pickled (the copy is never used to record).
+        return {**self.__dict__, "log": None}
+
     def record(self, cfg: dict[str, Any], result: dict[str, Any]) -> None:
         out = json.loads(result["payload"])
         date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -341,7 +346,7 @@ class _Journal:
             f"first_mse={out['scalars']['first_mse']:.4f} "
             f"({result['trial_seconds']:.1f}s; elapsed {elapsed / 60:.1f} min, "
             f"eta {eta / 60:.1f} min)",
-            file=self.log,
+            file=self.log or sys.stdout,
             flush=True,
         )
 
