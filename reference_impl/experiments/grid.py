@@ -363,6 +363,16 @@ class _Journal:
         return _Callback()
 
 
+def _jax_cache_env() -> dict[str, str]:
+    """A persistent XLA compilation cache outside the repository, shared by the workers
+    (each worker would otherwise compile every Flax structure again)."""
+    cache = Path.home() / ".cache" / "reference_impl" / "jax"
+    return {
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", str(cache)),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+    }
+
+
 def _init_ray(num_cpus: int | None, log=sys.stdout) -> bool:
     """Connect to ``RAY_ADDRESS`` or start a local instance; False if it cannot start."""
     import logging
@@ -386,6 +396,7 @@ def _init_ray(num_cpus: int | None, log=sys.stdout) -> bool:
         if k in os.environ:
             env[k] = os.environ[k]
     env["EXPERIMENTS_NICE"] = str(os.getpriority(os.PRIO_PROCESS, 0))
+    env.update(_jax_cache_env())
     # Ray's node start fails when its agents take more than 15 s to come up, which
     # happens on a saturated machine; try a few times.
     for attempt in range(3):
@@ -434,6 +445,8 @@ def _run_local(todo, journal: _Journal, num_cpus) -> None:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     os.environ["EXPERIMENTS_NICE"] = str(os.getpriority(os.PRIO_PROCESS, 0))
+    for k, v in _jax_cache_env().items():
+        os.environ.setdefault(k, v)
     workers = num_cpus or os.cpu_count() or 1
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
