@@ -25,7 +25,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE := false
 
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 
-.PHONY: help venv book test lint unit nbval notebooks lab bench clean
+.PHONY: help venv book test lint unit nbval notebooks lab bench experiments clean
 
 help:
 	@echo "make book       build the HTML book into _build/html (executes every chapter)"
@@ -33,6 +33,7 @@ help:
 	@echo "make notebooks  re-execute every notebook in place (refresh stored outputs)"
 	@echo "make lab        JupyterLab on the notebooks"
 	@echo "make bench      benchmarks against the bare layers: every round to results/bench-*.csv"
+	@echo "make experiments  the experiment grid (BUDGET=quick|standard|full) into results/"
 	@echo "make clean      remove build outputs (keeps .venv)"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
@@ -82,6 +83,11 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python "$$b"; done
+
+# Resumable: a second call runs only the trials missing from results/. With RAY_ADDRESS
+# set the trials run on that Ray cluster.
+experiments: $(STAMP)
+	$(BIN)/python -m reference_impl.experiments run --budget $(BUDGET)
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis .benchmarks

@@ -1,0 +1,296 @@
+"""What every trainer shares: the trial configuration, the budgets, batch order, metrics.
+
+numpy only. Each ``train_<framework>.run_trial`` validates its config with
+:meth:`TrialConfig.from_dict`, takes its sizes from :func:`budget_settings`, draws its
+batch order with :func:`epoch_batches` and computes its scalars with :func:`summarize`,
+so the three frameworks run the same experiment.
+
+>>> cfg = TrialConfig.from_dict(
+...     {"task": "co2", "framework": "torch", "cell": "gru", "strategy": "zero",
+...      "seed": 0, "budget": "quick"})
+>>> cfg.kind, budget_settings("quick", "co2")["hidden"]
+('windows', 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from reference_impl.experiments import (
+    ALL_STRATEGIES,
+    BUDGETS,
+    CELLS,
+    FRAMEWORKS,
+    TASK_KINDS,
+    TASKS,
+    VARIANT_KINDS,
+)
+
+#: Perturbation scales of the start, in units of the rms of that state component.
+PERTURB_SCALES: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+#: "First steps": the test error averaged over steps 0..FIRST_STEPS-1.
+FIRST_STEPS = 3
+#: Seeds per cell of the grid, per budget.
+SEEDS: dict[str, int] = {"quick": 2, "standard": 10, "full": 20}
+
+#: Strategy options used by every framework (random strategies also get ``seed``).
+#: noisy: a learnable base plus training noise of fixed sigma, as Zimmermann, Tietz &
+#: Grothmann (2012) use it.
+STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {
+    "zero": {},
+    "uniform": {},
+    "xavier": {},
+    "learnable": {},
+    "noisy": {"base": "learnable", "noise_std": 0.2},
+}
+#: The package strategy a variant runs with: washout and stateful (chunk 0) start from
+#: zeros; data_driven replaces the start by its initializer's output.
+VARIANT_BASE: dict[str, str] = {"washout": "zero", "data_driven": "zero", "stateful": "zero"}
+
+REQUIRED_KEYS = ("task", "framework", "cell", "strategy", "seed", "budget")
+
+
+def _check_name(kind: str, value: Any, known: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in known:
+        raise ValueError(f"unknown {kind} {value!r}; expected one of {list(known)}")
+    return value
+
+
+def check_task(name: Any) -> str:
+    """Return ``name`` if it is a known task, else raise ValueError naming the known ones."""
+    return _check_name("task", name, TASKS)
+
+
+def check_budget(name: Any) -> str:
+    """Return ``name`` if it is a known budget, else raise ValueError."""
+    return _check_name("budget", name, BUDGETS)
+
+
+def check_framework(name: Any) -> str:
+    """Return ``name`` if it is a known framework, else raise ValueError."""
+    return _check_name("framework", name, FRAMEWORKS)
+
+
+def check_strategy(name: Any) -> str:
+    """Return ``name`` if it is a strategy or a variant, else raise ValueError."""
+    return _check_name("strategy", name, ALL_STRATEGIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    """One trial: a (task, framework, cell, strategy, seed) at a budget."""
+
+    task: str
+    framework: str
+    cell: str
+    strategy: str
+    seed: int
+    budget: str
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> TrialConfig:
+        """Validate a config dict (extra keys are ignored) and return the trial.
+
+        >>> TrialConfig.from_dict({"task": "nope"})
+        Traceback (most recent call last):
+        ...
+        ValueError: trial config lacks key(s) ['budget', 'cell', 'framework', 'seed', 'strategy']
+        """
+        if not isinstance(config, dict):
+            raise TypeError(f"a trial config is a dict; got {type(config).__name__}")
+        missing = sorted(set(REQUIRED_KEYS) - set(config))
+        if missing:
+            raise ValueError(f"trial config lacks key(s) {missing}")
+        task = check_task(config["task"])
+        strategy = check_strategy(config["strategy"])
+        need = VARIANT_KINDS.get(strategy)
+        if need is not None and TASK_KINDS[task] != need:
+            raise ValueError(
+                f"strategy {strategy!r} needs a {need!r} task; task {task!r} is "
+                f"{TASK_KINDS[task]!r}"
+            )
+        seed = config["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        return cls(
+            task=task,
+            framework=check_framework(config["framework"]),
+            cell=_check_name("cell", config["cell"], CELLS),
+            strategy=strategy,
+            seed=int(seed),
+            budget=check_budget(config["budget"]),
+        )
+
+    @property
+    def kind(self) -> str:
+        """ "windows" or "chunks"."""
+        return TASK_KINDS[self.task]
+
+    @property
+    def base_strategy(self) -> str:
+        """The package strategy the model is built with (variants map to ``zero``)."""
+        return VARIANT_BASE.get(self.strategy, self.strategy)
+
+    def strategy_options(self) -> dict[str, Any]:
+        """Keyword options for ``InitialStateRNN`` (seeded where the strategy draws)."""
+        base = self.base_strategy
+        opts = dict(STRATEGY_OPTIONS[base])
+        if base in ("uniform", "xavier", "noisy"):
+            opts["seed"] = self.seed
+        return opts
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> str:
+        """A stable identifier, used to skip trials that are already done."""
+        return "/".join(
+            str(v)
+            for v in (self.task, self.framework, self.cell, self.strategy, self.seed, self.budget)
+        )
+
+
+# ---------------------------------------------------------------------- budgets
+
+# Training sizes, identical for every framework. The task sizes (number of
+# sequences, steps) are read by tasks.load_task.
+_TRAIN = {
+    "quick": {"hidden": 8, "batch_size": 32, "lr": 0.01, "max_epochs": 3, "patience": 2},
+    "standard": {"hidden": 16, "batch_size": 32, "lr": 0.02, "max_epochs": 20, "patience": 5},
+    "full": {"hidden": 32, "batch_size": 32, "lr": 0.005, "max_epochs": 200, "patience": 20},
+}
+_TASK_SIZES: dict[str, dict[str, dict[str, int]]] = {
+    "quick": {
+        "variable_start": {"n_train": 64, "n_val": 32, "n_test": 32, "steps": 20},
+        "long_control": {"n_train": 32, "n_val": 16, "n_test": 16, "steps": 200},
+        "fixed_start": {"n_train": 64, "n_val": 32, "n_test": 32, "steps": 20},
+        "stream_chunks": {"n_train": 8, "n_val": 4, "n_test": 4, "chunks": 4, "chunk_len": 10},
+        "sunspots": {"steps": 20, "stride": 2},
+        "co2": {"steps": 24, "stride": 4},
+    },
+    "standard": {
+        "variable_start": {"n_train": 128, "n_val": 64, "n_test": 128, "steps": 30},
+        "long_control": {"n_train": 32, "n_val": 16, "n_test": 32, "steps": 200},
+        "fixed_start": {"n_train": 128, "n_val": 64, "n_test": 128, "steps": 20},
+        "stream_chunks": {"n_train": 16, "n_val": 8, "n_test": 16, "chunks": 6, "chunk_len": 20},
+        "sunspots": {"steps": 20, "stride": 2},
+        "co2": {"steps": 24, "stride": 3},
+    },
+    "full": {
+        "variable_start": {"n_train": 2048, "n_val": 256, "n_test": 512, "steps": 40},
+        "long_control": {"n_train": 512, "n_val": 128, "n_test": 256, "steps": 300},
+        "fixed_start": {"n_train": 1024, "n_val": 256, "n_test": 512, "steps": 20},
+        "stream_chunks": {
+            "n_train": 128,
+            "n_val": 32,
+            "n_test": 64,
+            "chunks": 16,
+            "chunk_len": 20,
+        },
+        "sunspots": {"steps": 20, "stride": 1},
+        "co2": {"steps": 24, "stride": 1},
+    },
+}
+
+
+def budget_settings(budget: str, task: str) -> dict[str, Any]:
+    """Sizes for one task at one budget: training (``hidden``, ``batch_size``, ``lr``,
+    ``max_epochs``, ``patience``) and data (``n_train``, ``steps``, ...), plus ``seeds``.
+
+    >>> s = budget_settings("standard", "variable_start")
+    >>> s["hidden"], s["seeds"], s["steps"]
+    (16, 10, 30)
+    """
+    check_budget(budget)
+    check_task(task)
+    return {**_TRAIN[budget], **_TASK_SIZES[budget][task], "seeds": SEEDS[budget]}
+
+
+# ---------------------------------------------------------------------- batch order
+
+
+def batch_rng(seed: int) -> np.random.Generator:
+    """The generator every trainer draws its batch order from (one per trial)."""
+    return np.random.default_rng([int(seed), 20240601])
+
+
+def epoch_batches(rng: np.random.Generator, n: int, batch_size: int) -> list[np.ndarray]:
+    """Indices of the batches of one epoch: a permutation of ``range(n)`` cut in order.
+
+    For "chunks" tasks the indices pick streams; a trainer walks each batch of streams
+    through the chunks in order.
+
+    >>> [b.tolist() for b in epoch_batches(np.random.default_rng(0), 5, 2)]
+    [[2, 4], [3, 0], [1]]
+    """
+    perm = rng.permutation(n)
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def perturb_noise(seed: int, scale_index: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal noise for the perturbed-start evaluation (float32).
+
+    Multiply by ``PERTURB_SCALES[scale_index] * rms`` of each state component (h, and c
+    for an LSTM: the same draw, scaled by each component's rms) and add it to the
+    model's own start; ``shape = (n_test, hidden)`` for windows or
+    ``(n_test_streams, chunks, hidden)`` for chunks (one draw per chunk start).
+    """
+    rng = np.random.default_rng([int(seed), 7919, int(scale_index), len(shape), *shape])
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def per_step_mse(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """MSE per time step of "windows" ``(N, T, 1)`` or "chunks" ``(S, C, L, 1)`` arrays.
+
+    For chunks the error is averaged over streams and chunks: one value per step
+    within a chunk.
+
+    >>> per_step_mse(np.ones((2, 3, 1)), np.zeros((2, 3, 1))).tolist()
+    [1.0, 1.0, 1.0]
+    """
+    p, t = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"shapes differ: prediction {p.shape}, target {t.shape}")
+    if p.ndim == 3:
+        return ((p - t) ** 2).mean(axis=(0, 2))
+    if p.ndim == 4:
+        return ((p - t) ** 2).mean(axis=(0, 1, 3))
+    raise ValueError(f"expected (N, T, 1) or (S, C, L, 1) arrays; got {p.shape}")
+
+
+def summarize(curves: dict[str, list[float]]) -> dict[str, float]:
+    """Scalars every trainer reports from its test curve: ``first_mse`` (steps
+    0..FIRST_STEPS-1), ``all_mse`` (all steps), ``late_mse`` (the last half).
+
+    Steps a variant does not predict (washout, data_driven: the first k) are NaN in
+    the curve and left out of the means (a mean of none is NaN).
+
+    >>> summarize({"test": [4.0, 2.0, 0.0, 1.0, 1.0, 1.0]})
+    {'first_mse': 2.0, 'all_mse': 1.5, 'late_mse': 1.0}
+    """
+    test = np.asarray(curves["test"], np.float64)
+    if test.ndim != 1 or test.size == 0:
+        raise ValueError(f"the test curve must be a non-empty list of floats; got {test.shape}")
+
+    def mean(a: np.ndarray) -> float:
+        a = a[np.isfinite(a)]
+        return float(a.mean()) if a.size else float("nan")
+
+    return {
+        "first_mse": mean(test[:FIRST_STEPS]),
+        "all_mse": mean(test),
+        "late_mse": mean(test[test.size // 2 :]),
+    }
+
+
+def state_rms(states: np.ndarray) -> float:
+    """Root mean square of a state component over every sequence, step and unit."""
+    s = np.asarray(states, np.float64)
+    return float(np.sqrt(np.mean(s**2)))

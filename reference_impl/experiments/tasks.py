@@ -1,0 +1,314 @@
+"""The data sets of the experiment suite (numpy; statsmodels for the two real series).
+
+:func:`load_task` returns a :class:`TaskData` for one task, seed and budget. Every task
+is offline: generated, or shipped inside the statsmodels wheel. The data depend only on
+the task, the seed and the budget, never on the framework or the strategy, so trials
+with the same seed are paired.
+
+Tasks:
+
+- ``variable_start``: a damped oscillator observed with a little noise, a random phase
+  and amplitude per window; next-step forecasting. One observation does not fix its
+  (position, velocity) state, the first few do.
+- ``sunspots``, ``co2``: real series (yearly sunspot numbers 1700-2008; monthly CO2 at
+  Mauna Loa 1958-2001, first differences), next-step forecasting from windows; split by
+  time, normalized on the training part only.
+- ``long_control``: a leaky integrator with a random start run for 200 steps or more;
+  the start is forgotten after a few dozen steps, so late steps must not care.
+- ``stream_chunks``: long streams (oscillator plus a slowly wandering level) cut into
+  consecutive chunks for truncated backpropagation.
+- ``fixed_start``: the old leaky integrator whose start is 3.0 for every sequence.
+
+>>> data = load_task("variable_start", seed=0, budget="quick")
+>>> data.train_x.shape, data.kind, data.washout
+((64, 20, 1), 'windows', 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from reference_impl.experiments import TASK_KINDS
+from reference_impl.experiments.common import budget_settings, check_budget, check_task
+
+_SPLIT = (0.7, 0.15)  # train and validation fractions of a real series, by time
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """One task's data. Arrays are float32, ``(N, T, 1)`` for "windows" and
+    ``(S, C, L, 1)`` for "chunks"; the target at step t follows the inputs 0..t."""
+
+    name: str
+    kind: str
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    washout: int
+    state_note: str
+    baselines: dict[str, np.ndarray]
+    #: (mean, std) used to normalize, computed on the training part only.
+    norm: tuple[float, float] = (0.0, 1.0)
+    #: For real series: the half-open index range of the series each split uses.
+    spans: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        """Steps per window (windows) or per chunk (chunks): the length of a curve."""
+        return int(self.test_x.shape[-2])
+
+
+def _rng(seed: int, task: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), sum(map(ord, task))])
+
+
+def _windows(series: np.ndarray, steps: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs ``series[i:i+steps]`` and next-step targets ``series[i+1:i+steps+1]``."""
+    starts = np.arange(0, series.size - steps, stride)
+    x = np.stack([series[s : s + steps] for s in starts])
+    y = np.stack([series[s + 1 : s + steps + 1] for s in starts])
+    return x[..., None].astype(np.float32), y[..., None].astype(np.float32)
+
+
+def _forecast_baselines(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-step test MSE of repeating the last value and of predicting the (training)
+    mean, which is 0 after normalization."""
+    axes = tuple(i for i in range(x.ndim) if i != x.ndim - 2)
+    last = ((x.astype(np.float64) - y) ** 2).mean(axis=axes)
+    mean = (y.astype(np.float64) ** 2).mean(axis=axes)
+    return {"last value": last, "mean": mean}
+
+
+# ---------------------------------------------------------------------- real series
+
+
+@functools.cache
+def _raw_series(name: str) -> np.ndarray:
+    import statsmodels.api as sm  # the data sets ship inside the wheel
+
+    if name == "sunspots":
+        values = sm.datasets.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy()
+        return values.astype(np.float64)
+    # co2: weekly with gaps -> monthly means, gaps interpolated in time, then first
+    # differences (the trend goes, the seasonality stays).
+    weekly = sm.datasets.co2.load_pandas().data["co2"]
+    monthly = weekly.resample("MS").mean().interpolate(method="time").bfill()
+    return np.diff(monthly.to_numpy().astype(np.float64))
+
+
+def _real_series(name: str, budget: str) -> TaskData:
+    sizes = budget_settings(budget, name)
+    raw = _raw_series(name)
+    n = raw.size
+    n_train = int(round(n * _SPLIT[0]))
+    n_val = int(round(n * _SPLIT[1]))
+    spans = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    mu = float(raw[:n_train].mean())
+    sd = float(raw[:n_train].std())
+    z = (raw - mu) / sd
+    parts = {
+        k: _windows(z[a:b], sizes["steps"], sizes["stride"] if k == "train" else 1)
+        for k, (a, b) in spans.items()
+    }
+    note = {
+        "sunspots": "the solar cycle's phase and amplitude before the window are unknown",
+        "co2": "the seasonal phase and the recent growth before the window are unknown",
+    }[name]
+    return TaskData(
+        name=name,
+        kind="windows",
+        train_x=parts["train"][0],
+        train_y=parts["train"][1],
+        val_x=parts["val"][0],
+        val_y=parts["val"][1],
+        test_x=parts["test"][0],
+        test_y=parts["test"][1],
+        washout=6 if name == "co2" else 5,
+        state_note=note,
+        baselines=_forecast_baselines(*parts["test"]),
+        norm=(mu, sd),
+        spans=spans,
+    )
+
+
+# ---------------------------------------------------------------------- generated
+
+_OSC_R, _OSC_PERIOD, _OSC_PROC, _OSC_OBS = 0.97, 12.0, 0.05, 0.05
+
+
+def _oscillator(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
+    """``n`` damped-oscillator paths of ``length`` noisy observations each; each path
+    starts from its own random amplitude (U(0.5, 1.5)) and phase."""
+    w = 2 * np.pi / _OSC_PERIOD
+    a1, a2 = 2 * _OSC_R * np.cos(w), -(_OSC_R**2)
+    amp = rng.uniform(0.5, 1.5, n)
+    phase = rng.uniform(0, 2 * np.pi, n)
+    prev2 = amp * np.cos(phase)
+    prev1 = amp * _OSC_R * np.cos(phase + w)
+    z = np.empty((n, length))
+    for t in range(length):
+        cur = a1 * prev1 + a2 * prev2 + _OSC_PROC * rng.standard_normal(n)
+        z[:, t] = cur
+        prev2, prev1 = prev1, cur
+    return z + _OSC_OBS * rng.standard_normal(z.shape)
+
+
+def _split_counts(sizes: dict) -> tuple[int, int, int]:
+    return sizes["n_train"], sizes["n_val"], sizes["n_test"]
+
+
+def _normalized_forecast(name: str, series: np.ndarray, counts, washout, note) -> TaskData:
+    """Windows of independent paths (rows of ``series``) split into train/val/test,
+    normalized with the training paths' mean and std."""
+    n_tr, n_va, _ = counts
+    mu = float(series[:n_tr].mean())
+    sd = float(series[:n_tr].std())
+    z = (series - mu) / sd
+    x = z[:, :-1, None].astype(np.float32)
+    y = z[:, 1:, None].astype(np.float32)
+    tr, va, te = slice(0, n_tr), slice(n_tr, n_tr + n_va), slice(n_tr + n_va, None)
+    return TaskData(
+        name=name,
+        kind="windows",
+        train_x=x[tr],
+        train_y=y[tr],
+        val_x=x[va],
+        val_y=y[va],
+        test_x=x[te],
+        test_y=y[te],
+        washout=washout,
+        state_note=note,
+        baselines=_forecast_baselines(x[te], y[te]),
+        norm=(mu, sd),
+    )
+
+
+def _variable_start(seed: int, budget: str) -> TaskData:
+    sizes = budget_settings(budget, "variable_start")
+    counts = _split_counts(sizes)
+    series = _oscillator(_rng(seed, "variable_start"), sum(counts), sizes["steps"] + 1)
+    note = "each window starts from its own random phase and amplitude of the oscillator"
+    return _normalized_forecast("variable_start", series, counts, 5, note)
+
+
+def _integrator(
+    rng, n: int, steps: int, start_mean: float, start_sd: float, decay: float = 0.8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = rng.normal(0.0, 0.5, (n, steps))
+    start = start_mean + start_sd * rng.standard_normal(n)
+    y = np.empty_like(x)
+    prev = start
+    for t in range(steps):
+        prev = decay * prev + x[:, t]
+        y[:, t] = prev
+    return x, y, start
+
+
+def _integrator_task(name: str, seed: int, budget: str) -> TaskData:
+    sizes = budget_settings(budget, name)
+    n_tr, n_va, n_te = _split_counts(sizes)
+    if name == "long_control":
+        start_mean, start_sd = 0.0, 1.0
+        note = "each sequence starts from its own random level, forgotten after ~20 steps"
+        washout = 10
+    else:
+        start_mean, start_sd = 3.0, 0.0
+        note = "every sequence starts from the same level 3.0 (one vector is optimal)"
+        washout = 5
+    n = n_tr + n_va + n_te
+    x, y, _ = _integrator(_rng(seed, name), n, sizes["steps"], start_mean, start_sd)
+    xm, xs = float(x[:n_tr].mean()), float(x[:n_tr].std())
+    ym, ys = float(y[:n_tr].mean()), float(y[:n_tr].std())
+    xn = ((x - xm) / xs)[..., None].astype(np.float32)
+    yn = ((y - ym) / ys)[..., None].astype(np.float32)
+    # Known dynamics from the mean start: the best prediction without knowing the start.
+    known = np.empty_like(x[n_tr + n_va :])
+    prev = np.full(n_te, start_mean)
+    for t in range(sizes["steps"]):
+        prev = 0.8 * prev + x[n_tr + n_va :, t]
+        known[:, t] = prev
+    known_n = (known - ym) / ys
+    te_y = yn[n_tr + n_va :, :, 0].astype(np.float64)
+    baselines = {
+        "mean": (te_y**2).mean(axis=0),
+        "known dynamics, mean start": ((known_n - te_y) ** 2).mean(axis=0),
+    }
+    tr, va, te = slice(0, n_tr), slice(n_tr, n_tr + n_va), slice(n_tr + n_va, None)
+    return TaskData(
+        name=name,
+        kind="windows",
+        train_x=xn[tr],
+        train_y=yn[tr],
+        val_x=xn[va],
+        val_y=yn[va],
+        test_x=xn[te],
+        test_y=yn[te],
+        washout=washout,
+        state_note=note,
+        baselines=baselines,
+        norm=(ym, ys),
+    )
+
+
+def _stream_chunks(seed: int, budget: str) -> TaskData:
+    sizes = budget_settings(budget, "stream_chunks")
+    n_tr, n_va, n_te = _split_counts(sizes)
+    c, length = sizes["chunks"], sizes["chunk_len"]
+    rng = _rng(seed, "stream_chunks")
+    n = n_tr + n_va + n_te
+    burn = 100  # start every stream inside its stationary regime
+    osc = _oscillator(rng, n, burn + c * length + 1)
+    level = np.empty_like(osc)
+    prev = rng.normal(0.0, 1.0, n)
+    for t in range(osc.shape[1]):  # a slowly wandering level (AR(1), phi = 0.98)
+        prev = 0.98 * prev + 0.2 * rng.standard_normal(n)
+        level[:, t] = prev
+    series = (osc + level)[:, burn:]
+    mu, sd = float(series[:n_tr].mean()), float(series[:n_tr].std())
+    z = (series - mu) / sd
+    x = z[:, :-1].reshape(n, c, length, 1).astype(np.float32)
+    y = z[:, 1:].reshape(n, c, length, 1).astype(np.float32)
+    tr, va, te = slice(0, n_tr), slice(n_tr, n_tr + n_va), slice(n_tr + n_va, None)
+    return TaskData(
+        name="stream_chunks",
+        kind="chunks",
+        train_x=x[tr],
+        train_y=y[tr],
+        val_x=x[va],
+        val_y=y[va],
+        test_x=x[te],
+        test_y=y[te],
+        washout=5,
+        state_note="at a chunk boundary the stream goes on: its state is the previous chunk's",
+        baselines=_forecast_baselines(x[te], y[te]),
+        norm=(mu, sd),
+    )
+
+
+def load_task(name: str, *, seed: int, budget: str) -> TaskData:
+    """The data of task ``name`` for ``seed`` at ``budget`` (see the module docstring).
+
+    >>> load_task("nope", seed=0, budget="quick")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown task 'nope'; expected one of ['variable_start', 'sunspots', 'co2', \
+'long_control', 'stream_chunks', 'fixed_start']
+    """
+    check_task(name)
+    check_budget(budget)
+    if name in ("sunspots", "co2"):
+        data = _real_series(name, budget)
+    elif name == "variable_start":
+        data = _variable_start(seed, budget)
+    elif name in ("long_control", "fixed_start"):
+        data = _integrator_task(name, seed, budget)
+    else:
+        data = _stream_chunks(seed, budget)
+    assert data.kind == TASK_KINDS[name]
+    return data
