@@ -159,6 +159,14 @@ def _oscillator(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
     return z + _OSC_OBS * rng.standard_normal(z.shape)
 
 
+def _split_by_sequence(x: np.ndarray, y: np.ndarray, n_tr: int, n_va: int, **fields) -> TaskData:
+    """The first n_tr sequences for training, the next n_va for validation, the rest for test."""
+    tr, va, te = slice(0, n_tr), slice(n_tr, n_tr + n_va), slice(n_tr + n_va, None)
+    return TaskData(
+        train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va], test_x=x[te], test_y=y[te], **fields
+    )
+
+
 def _split_counts(sizes: dict) -> tuple[int, int, int]:
     return sizes["n_train"], sizes["n_val"], sizes["n_test"]
 
@@ -172,19 +180,16 @@ def _normalized_forecast(name: str, series: np.ndarray, counts, washout, note) -
     z = (series - mu) / sd
     x = z[:, :-1, None].astype(np.float32)
     y = z[:, 1:, None].astype(np.float32)
-    tr, va, te = slice(0, n_tr), slice(n_tr, n_tr + n_va), slice(n_tr + n_va, None)
-    return TaskData(
+    return _split_by_sequence(
+        x,
+        y,
+        n_tr,
+        n_va,
         name=name,
         kind="windows",
-        train_x=x[tr],
-        train_y=y[tr],
-        val_x=x[va],
-        val_y=y[va],
-        test_x=x[te],
-        test_y=y[te],
         washout=washout,
         state_note=note,
-        baselines=_forecast_baselines(x[te], y[te]),
+        baselines=_forecast_baselines(x[n_tr + n_va :], y[n_tr + n_va :]),
         norm=(mu, sd),
     )
 
@@ -239,16 +244,13 @@ def _integrator_task(name: str, seed: int, budget: str) -> TaskData:
         "mean": (te_y**2).mean(axis=0),
         "known dynamics, mean start": ((known_n - te_y) ** 2).mean(axis=0),
     }
-    tr, va, te = slice(0, n_tr), slice(n_tr, n_tr + n_va), slice(n_tr + n_va, None)
-    return TaskData(
+    return _split_by_sequence(
+        xn,
+        yn,
+        n_tr,
+        n_va,
         name=name,
         kind="windows",
-        train_x=xn[tr],
-        train_y=yn[tr],
-        val_x=xn[va],
-        val_y=yn[va],
-        test_x=xn[te],
-        test_y=yn[te],
         washout=washout,
         state_note=note,
         baselines=baselines,
@@ -274,19 +276,16 @@ def _stream_chunks(seed: int, budget: str) -> TaskData:
     z = (series - mu) / sd
     x = z[:, :-1].reshape(n, c, length, 1).astype(np.float32)
     y = z[:, 1:].reshape(n, c, length, 1).astype(np.float32)
-    tr, va, te = slice(0, n_tr), slice(n_tr, n_tr + n_va), slice(n_tr + n_va, None)
-    return TaskData(
+    return _split_by_sequence(
+        x,
+        y,
+        n_tr,
+        n_va,
         name="stream_chunks",
         kind="chunks",
-        train_x=x[tr],
-        train_y=y[tr],
-        val_x=x[va],
-        val_y=y[va],
-        test_x=x[te],
-        test_y=y[te],
         washout=5,
         state_note="at a chunk boundary the stream goes on: its state is the previous chunk's",
-        baselines=_forecast_baselines(x[te], y[te]),
+        baselines=_forecast_baselines(x[n_tr + n_va :], y[n_tr + n_va :]),
         norm=(mu, sd),
     )
 
