@@ -49,9 +49,10 @@ model) and broadcasts it over the batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -69,7 +70,7 @@ NOISY_BASES = ("zero", "learnable")
 #: Options each strategy accepts, with their defaults. ``None`` means "derived from
 #: the sizes" (``bound``) or "framework's global generator" (``seed``). Every
 #: strategy takes ``seed`` (``zero`` ignores it), so switching strategies is a
-#: one-word change.
+#: one-word change. The strategy classes below are built from these.
 OPTIONS: dict[str, dict[str, Any]] = {
     "zero": {"seed": None},
     "uniform": {"bound": None, "resample": True, "seed": None},
@@ -94,6 +95,8 @@ def check_strategy(strategy: object) -> str:
     >>> check_strategy("xavier")
     'xavier'
     """
+    if isinstance(strategy, Strategy):
+        return strategy.name
     if not isinstance(strategy, str):
         raise TypeError(
             f"strategy must be a string, one of {STRATEGIES}; got {strategy!r} "
@@ -122,6 +125,22 @@ def check_positive_int(name: str, value: object, *, allow_zero: bool = False) ->
     return int(value)
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` as a bool if it is ``True`` or ``False``, else raise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def check_seed(seed: object) -> int | None:
+    """Return ``seed`` as an int (or ``None``), else raise."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer or None; got {seed!r}")
+    return int(seed)
+
+
 def _check_nonneg_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number; got {value!r}")
@@ -134,8 +153,9 @@ def _check_nonneg_float(name: str, value: object) -> float:
 def resolve_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate a strategy's keyword options and fill in the defaults.
 
-    Every framework calls this, so unknown options and bad values are reported the
-    same way everywhere.
+    The same as ``make(strategy, **options).options()``: every framework goes through
+    :func:`make`, so unknown options and bad values are reported the same way
+    everywhere.
 
     >>> resolve_options("noisy", {"noise_std": 0.2})["noise_std"]
     0.2
@@ -144,46 +164,7 @@ def resolve_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
     ...
     ValueError: unknown option(s) ['bound'] for strategy 'zero'; it accepts ['seed']
     """
-    check_strategy(strategy)
-    allowed = OPTIONS[strategy]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        accepts = sorted(allowed) if allowed else "none"
-        raise ValueError(
-            f"unknown option(s) {unknown} for strategy {strategy!r}; it accepts {accepts}"
-        )
-    out = {**allowed, **options}
-    if "seed" in out and out["seed"] is not None:
-        if isinstance(out["seed"], bool) or not isinstance(out["seed"], (int, np.integer)):
-            raise TypeError(f"seed must be an integer or None; got {out['seed']!r}")
-        out["seed"] = int(out["seed"])
-    if "resample" in out and not isinstance(out["resample"], (bool, np.bool_)):
-        raise TypeError(f"resample must be True or False; got {out['resample']!r}")
-    if strategy == "uniform" and out["bound"] is not None:
-        out["bound"] = _check_nonneg_float("bound", out["bound"])
-        if out["bound"] == 0:
-            raise ValueError("bound must be > 0 (use strategy='zero' for an all-zero state)")
-    if strategy == "xavier":
-        out["gain"] = _check_nonneg_float("gain", out["gain"])
-    if strategy == "learnable":
-        init = out["init"]
-        if not callable(init) and init not in LEARNABLE_INITS:
-            raise ValueError(
-                f"unknown init {init!r} for the learnable strategy; expected one of "
-                f"{LEARNABLE_INITS} or a callable"
-            )
-    if strategy == "noisy":
-        out["noise_std"] = _check_nonneg_float("noise_std", out["noise_std"])
-        out["min_std"] = _check_nonneg_float("min_std", out["min_std"])
-        if not isinstance(out["learnable_std"], (bool, np.bool_)):
-            raise TypeError(f"learnable_std must be True or False; got {out['learnable_std']!r}")
-        if out["base"] not in NOISY_BASES:
-            raise ValueError(
-                f"unknown base {out['base']!r} for the noisy strategy; expected one of "
-                f"{NOISY_BASES}"
-            )
-        check_noise_std(out["noise_std"], out["learnable_std"], out["min_std"])
-    return out
+    return make(strategy, **options).options()
 
 
 def check_noise_std(noise_std: float, learnable_std: bool, min_std: float = 0.0) -> None:
@@ -304,26 +285,255 @@ def noise_std_from_raw(rho: np.ndarray | float, min_std: float = 0.0) -> np.ndar
     return min_std + softplus(rho)
 
 
+# --------------------------------------------------------------------------- strategies
+# Each strategy is a small frozen value, validated once when it is made, that carries
+# every framework-neutral decision: where each state component comes from
+# (``source``), the bound or initializer of its draws, and the noise rule. A
+# framework module executes that plan with its own tensors and decides nothing.
+
+SOURCES = ("zeros", "draw", "stored", "param")
+"""Where each state component comes from (per layer, direction and component):
+``"zeros"``; ``"draw"``, a fresh ``U(-b, b)`` draw per call and batch row;
+``"stored"``, one vector drawn once, kept (saved, not trained) and broadcast over the
+batch; ``"param"``, one trainable vector broadcast over the batch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseStd:
+    """The noise standard deviation and its parametrization, defined once.
+
+    A fixed sigma is stored as itself. A learnable sigma is stored as ``raw`` with
+    ``sigma = min_std + softplus(raw)``: positive by construction, never below the
+    floor. A framework passes its own ``softplus`` to :meth:`from_raw`.
+
+    >>> rule = NoiseStd(0.5, learnable=True, min_std=0.1)
+    >>> round(float(rule.from_raw(rule.raw())), 6)
+    0.5
+    >>> NoiseStd(0.2).raw(0.3)  # a fixed sigma is stored as itself
+    0.3
+    """
+
+    std: float = 0.1
+    learnable: bool = False
+    min_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "std", _check_nonneg_float("noise_std", self.std))
+        object.__setattr__(self, "min_std", _check_nonneg_float("min_std", self.min_std))
+        object.__setattr__(self, "learnable", check_bool("learnable_std", self.learnable))
+        check_noise_std(self.std, self.learnable, self.min_std)
+
+    @property
+    def draws(self) -> bool:
+        """Whether training draws noise at all (a learnable sigma always does)."""
+        return self.learnable or self.std > 0
+
+    def raw(self, value: float | None = None) -> float:
+        """The stored value for sigma ``value`` (default: the initial sigma), checked."""
+        value = self.std if value is None else value
+        check_noise_std(value, self.learnable, self.min_std)
+        return inverse_softplus(value - self.min_std) if self.learnable else float(value)
+
+    def from_raw(self, raw: Any, softplus_fn: Callable[[Any], Any] | None = None) -> Any:
+        """Sigma from the stored value: ``min_std + softplus(raw)``, or ``raw`` if fixed.
+
+        ``softplus_fn`` is the framework's softplus (numpy's by default).
+        """
+        if not self.learnable:
+            return raw
+        return self.min_std + (softplus_fn or softplus)(raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """Base of the five strategy values. Build one with :func:`make`."""
+
+    name: ClassVar[str] = ""
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seed", check_seed(self.seed))
+
+    @property
+    def source(self) -> str:
+        """One of :data:`SOURCES`."""
+        return "zeros"
+
+    def draw_bound(self, features: int) -> float:
+        """``b`` of the ``U(-b, b)`` draws of the ``"draw"`` and ``"stored"`` sources."""
+        raise ValueError(f"strategy {self.name!r} draws no uniform state")
+
+    def vector_init(self, features: int) -> float | Callable | None:
+        """How a stored or trainable vector starts: ``None`` for zeros, a float ``b``
+        for a ``U(-b, b)`` draw, or the user's callable (in the framework's convention)."""
+        return None
+
+    @property
+    def noise(self) -> NoiseStd | None:
+        """The noise rule (``noisy`` only): ``state + sigma * N(0, 1)`` in training."""
+        return None
+
+    def options(self) -> dict[str, Any]:
+        """The keyword options, as ``strategy=self.name, **options`` takes them."""
+        return {k: getattr(self, k) for k in OPTIONS[self.name]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Zero(Strategy):
+    """All zeros."""
+
+    name: ClassVar[str] = "zero"
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform(Strategy):
+    """``U(-b, b)`` with ``b = bound``, or ``1 / sqrt(features)`` when ``bound=None``."""
+
+    name: ClassVar[str] = "uniform"
+    bound: float | None = None
+    resample: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "resample", check_bool("resample", self.resample))
+        if self.bound is not None:
+            b = _check_nonneg_float("bound", self.bound)
+            if b == 0:
+                raise ValueError("bound must be > 0 (use strategy='zero' for an all-zero state)")
+            object.__setattr__(self, "bound", b)
+
+    @property
+    def source(self) -> str:
+        return "draw" if self.resample else "stored"
+
+    def draw_bound(self, features: int) -> float:
+        return uniform_bound(features, self.bound)
+
+    def vector_init(self, features: int) -> float | Callable | None:
+        return self.draw_bound(features)
+
+
+@dataclasses.dataclass(frozen=True)
+class Xavier(Strategy):
+    """Glorot uniform for a state vector: ``b = gain * sqrt(6 / (2 features))``."""
+
+    name: ClassVar[str] = "xavier"
+    gain: float = 1.0
+    resample: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "resample", check_bool("resample", self.resample))
+        object.__setattr__(self, "gain", _check_nonneg_float("gain", self.gain))
+
+    @property
+    def source(self) -> str:
+        return "draw" if self.resample else "stored"
+
+    def draw_bound(self, features: int) -> float:
+        return xavier_bound(features, self.gain)
+
+    def vector_init(self, features: int) -> float | Callable | None:
+        return self.draw_bound(features)
+
+
+@dataclasses.dataclass(frozen=True)
+class Learnable(Strategy):
+    """One trainable vector per layer, direction and component; ``init`` names its start."""
+
+    name: ClassVar[str] = "learnable"
+    init: str | Callable = "zeros"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not callable(self.init) and self.init not in LEARNABLE_INITS:
+            raise ValueError(
+                f"unknown init {self.init!r} for the learnable strategy; expected one of "
+                f"{LEARNABLE_INITS} or a callable"
+            )
+
+    @property
+    def source(self) -> str:
+        return "param"
+
+    def vector_init(self, features: int) -> float | Callable | None:
+        if callable(self.init):
+            return self.init
+        if self.init == "uniform":
+            return uniform_bound(features)
+        return xavier_bound(features) if self.init == "xavier" else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Noisy(Strategy):
+    """A base (``zero``, or a ``learnable`` vector starting at zeros) plus training noise."""
+
+    name: ClassVar[str] = "noisy"
+    noise_std: float = 0.1
+    learnable_std: bool = False
+    min_std: float = 0.0
+    base: str = "zero"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        rule = NoiseStd(self.noise_std, self.learnable_std, self.min_std)
+        object.__setattr__(self, "noise_std", rule.std)
+        object.__setattr__(self, "min_std", rule.min_std)
+        object.__setattr__(self, "learnable_std", rule.learnable)
+        if self.base not in NOISY_BASES:
+            raise ValueError(
+                f"unknown base {self.base!r} for the noisy strategy; expected one of "
+                f"{NOISY_BASES}"
+            )
+
+    @property
+    def source(self) -> str:
+        return "param" if self.base == "learnable" else "zeros"
+
+    @property
+    def noise(self) -> NoiseStd:
+        return NoiseStd(self.noise_std, self.learnable_std, self.min_std)
+
+
+_CLASSES: dict[str, type[Strategy]] = {
+    c.name: c for c in (Zero, Uniform, Xavier, Learnable, Noisy)
+}
+
+
+def make(strategy: str | Strategy, /, **options: Any) -> Strategy:
+    """The strategy value for ``strategy="name"`` plus its keyword options.
+
+    A :class:`Strategy` value is returned as it is (and takes no options). Unknown
+    names and options, and bad values, raise here, with the same message in every
+    framework.
+
+    >>> make("noisy", noise_std=0.2, base="learnable")
+    Noisy(seed=None, noise_std=0.2, learnable_std=False, min_std=0.0, base='learnable')
+    >>> make("xavier").draw_bound(64) == xavier_bound(64)
+    True
+    """
+    if isinstance(strategy, Strategy):
+        if options:
+            raise ValueError(
+                f"strategy {strategy!r} is already a value; options {sorted(options)} "
+                "belong in it"
+            )
+        return strategy
+    cls = _CLASSES[check_strategy(strategy)]
+    allowed = OPTIONS[cls.name]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for strategy {cls.name!r}; it accepts {sorted(allowed)}"
+        )
+    return cls(**options)
+
+
 # --------------------------------------------------------------------------- reference
 
 
-def _draw_vectors(
-    kind: str, features: int, rows: int, rng: np.random.Generator, options: dict[str, Any]
-) -> np.ndarray:
-    """One vector per row (layer x direction) drawn by a named initializer."""
-    if kind == "zeros":
-        return np.zeros((rows, features))
-    if kind == "uniform":
-        b = uniform_bound(features, options.get("bound"))
-    elif kind == "xavier":
-        b = xavier_bound(features, options.get("gain", 1.0))
-    else:  # pragma: no cover - guarded by resolve_options
-        raise ValueError(kind)
-    return rng.uniform(-b, b, size=(rows, features))
-
-
 def reference_state(
-    strategy: str,
+    strategy: str | Strategy,
     cell: str,
     *,
     hidden_size: int,
@@ -338,13 +548,14 @@ def reference_state(
 ) -> tuple[np.ndarray, ...]:
     """The initial state a strategy produces, as numpy arrays (one per component).
 
-    ``learned`` holds the learnable vectors, one ``(layers * directions, features)``
-    array per component (the ``learnable`` strategy, or ``noisy`` with
-    ``base="learnable"``); without it they are what the strategy starts from.
-    Randomness comes from ``rng``: the frameworks draw from their own generators, so
-    random strategies are compared by their bounds and statistics, not value by value.
+    This is the plan of :func:`make` executed with numpy: the frameworks execute the
+    same plan with their tensors. ``learned`` holds the stored or trainable vectors,
+    one ``(layers * directions, features)`` array per component; without it they
+    are what the strategy starts from. Randomness comes from ``rng``: the frameworks
+    draw from their own generators, so random strategies are compared by their
+    bounds and statistics, not value by value.
     """
-    options = resolve_options(strategy, options)
+    plan = make(strategy, **options)
     rng = rng if rng is not None else np.random.default_rng(0)
     shapes = state_shapes(
         cell,
@@ -356,36 +567,40 @@ def reference_state(
     )
     out = []
     for i, (rows, batch, features) in enumerate(shapes):
-        if strategy == "zero":
+        if plan.source == "zeros":
             state = np.zeros((rows, batch, features))
-        elif strategy in ("uniform", "xavier"):
-            if options["resample"]:
-                if strategy == "uniform":
-                    b = uniform_bound(features, options["bound"])
-                else:
-                    b = xavier_bound(features, options["gain"])
-                state = rng.uniform(-b, b, size=(rows, batch, features))
-            else:
-                vec = _draw_vectors(strategy, features, rows, rng, options)
-                state = np.broadcast_to(vec[:, None, :], (rows, batch, features)).copy()
-        elif strategy == "learnable" or (strategy == "noisy" and options["base"] == "learnable"):
-            if learned is not None:
-                vec = np.asarray(learned[i], dtype=np.float64)
-                if vec.shape != (rows, features):
-                    raise ValueError(
-                        f"learned component {i} has shape {vec.shape}; expected {(rows, features)}"
-                    )
-            elif strategy == "learnable" and not callable(options["init"]):
-                vec = _draw_vectors(options["init"], features, rows, rng, options)
-            else:
-                vec = np.zeros((rows, features))
+        elif plan.source == "draw":
+            b = plan.draw_bound(features)
+            state = rng.uniform(-b, b, size=(rows, batch, features))
+        else:  # "stored" or "param": one vector per row, broadcast over the batch
+            vec = _vector(plan, i, rows, features, rng, learned)
             state = np.broadcast_to(vec[:, None, :], (rows, batch, features)).copy()
-        else:  # noisy with a zero base
-            state = np.zeros((rows, batch, features))
-        if strategy == "noisy" and training and options["noise_std"] > 0:
-            state = state + rng.normal(0.0, options["noise_std"], size=state.shape)
+        noise = plan.noise
+        if noise is not None and training and noise.std > 0:
+            state = state + rng.normal(0.0, noise.std, size=state.shape)
         out.append(state)
     return tuple(out)
+
+
+def _vector(
+    plan: Strategy,
+    index: int,
+    rows: int,
+    features: int,
+    rng: np.random.Generator,
+    learned: Sequence[np.ndarray] | None,
+) -> np.ndarray:
+    if learned is not None:
+        vec = np.asarray(learned[index], dtype=np.float64)
+        if vec.shape != (rows, features):
+            raise ValueError(
+                f"learned component {index} has shape {vec.shape}; expected {(rows, features)}"
+            )
+        return vec
+    init = plan.vector_init(features)
+    if init is None or callable(init):
+        return np.zeros((rows, features))
+    return rng.uniform(-init, init, size=(rows, features))
 
 
 def noisy_cell_step(
@@ -393,19 +608,27 @@ def noisy_cell_step(
     x_t: np.ndarray,
     state: Any,
     noise_std: float,
-    rng: np.random.Generator,
-    training: bool,
+    rng: np.random.Generator | None = None,
+    training: bool = True,
+    *,
+    noise: Any = None,
 ) -> Any:
     """One step of ``NoisyCell``: noise on the carried state, then the wrapped cell.
 
     ``state`` is one array or a tuple of arrays (LSTM); in training every component
     gets independent ``N(0, noise_std^2)`` noise before the cell reads it, so the
-    noise enters at every step (the initial state included). Outside training the
-    step is exactly the wrapped cell's.
+    noise enters at every step (the initial state included). ``noise`` gives the
+    standard normal draws of this step (same structure as ``state``), as the
+    frameworks do when they draw the noise of all steps at once; without it they
+    are drawn from ``rng``. Outside training the step is exactly the wrapped cell's.
     """
     if training and noise_std > 0:
-        if isinstance(state, tuple):
-            state = tuple(s + rng.normal(0.0, noise_std, size=s.shape) for s in state)
-        else:
-            state = state + rng.normal(0.0, noise_std, size=state.shape)
+        parts = state if isinstance(state, tuple) else (state,)
+        if noise is None:
+            noise = tuple(rng.normal(0.0, 1.0, size=np.shape(s)) for s in parts)
+        eps = noise if isinstance(noise, tuple) else (noise,)
+        if len(eps) != len(parts):
+            raise ValueError(f"noise has {len(eps)} component(s); the state has {len(parts)}")
+        noisy = tuple(s + noise_std * np.asarray(e) for s, e in zip(parts, eps, strict=True))
+        state = noisy if isinstance(state, tuple) else noisy[0]
     return step(x_t, state)
