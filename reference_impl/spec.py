@@ -31,12 +31,25 @@ The five strategies:
     a learnable sigma is ``min_std + softplus(rho)`` so it is positive by
     construction and never falls below the floor ``min_std``.
 
+Each strategy is a small frozen value (:class:`Zero`, :class:`Uniform`,
+:class:`Xavier`, :class:`Learnable`, :class:`Noisy`), built from ``strategy="name"``
+plus keywords by :func:`make`, which also does all the validation. The value carries
+the plan every framework executes: per state component its :attr:`~Strategy.source`
+(zeros, a fresh draw, a stored draw or a trainable vector), the bound of its draws,
+how a vector starts, and the noise rule with its std parametrization
+(:class:`NoiseStd`). The framework modules turn that plan into their tensors and
+decide nothing themselves; :func:`reference_state` is the same plan executed with
+numpy, which the tests hold every framework to.
+
 ``uniform`` and ``xavier`` take ``resample``: ``True`` (default) draws a fresh state
 for every call, independently for every batch row; ``False`` draws one vector per
 layer, direction and component once, stores it (non-trainable, saved with the
 model) and broadcasts it over the batch.
 
 >>> import numpy as np
+>>> plan = make("noisy", noise_std=0.2, base="learnable")
+>>> plan.source, plan.noise.std
+('param', 0.2)
 >>> xavier_bound(64)  # sqrt(6 / 128)
 0.21650635094610965
 >>> shapes = state_shapes("lstm", hidden_size=32, batch_size=4, num_layers=2, proj_size=8)
@@ -482,8 +495,7 @@ class Noisy(Strategy):
         object.__setattr__(self, "learnable_std", rule.learnable)
         if self.base not in NOISY_BASES:
             raise ValueError(
-                f"unknown base {self.base!r} for the noisy strategy; expected one of "
-                f"{NOISY_BASES}"
+                f"unknown base {self.base!r} for the noisy strategy; expected one of {NOISY_BASES}"
             )
 
     @property
@@ -495,9 +507,7 @@ class Noisy(Strategy):
         return NoiseStd(self.noise_std, self.learnable_std, self.min_std)
 
 
-_CLASSES: dict[str, type[Strategy]] = {
-    c.name: c for c in (Zero, Uniform, Xavier, Learnable, Noisy)
-}
+_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (Zero, Uniform, Xavier, Learnable, Noisy)}
 
 
 def make(strategy: str | Strategy, /, **options: Any) -> Strategy:
@@ -515,8 +525,7 @@ def make(strategy: str | Strategy, /, **options: Any) -> Strategy:
     if isinstance(strategy, Strategy):
         if options:
             raise ValueError(
-                f"strategy {strategy!r} is already a value; options {sorted(options)} "
-                "belong in it"
+                f"strategy {strategy!r} is already a value; options {sorted(options)} belong in it"
             )
         return strategy
     cls = _CLASSES[check_strategy(strategy)]

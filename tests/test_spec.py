@@ -1,5 +1,6 @@
 """The framework-neutral definition: bounds, shapes, options, the reference states."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -185,3 +186,117 @@ def test_noisy_cell_step_adds_noise_only_in_training():
     assert noisy.std() == pytest.approx(0.2, rel=0.05)
     pair = spec.noisy_cell_step(step, None, (s, s), 0.2, rng, training=True)
     assert isinstance(pair, tuple) and not np.array_equal(pair[0], pair[1])
+
+
+# --------------------------------------------------------------------------- typed strategies
+
+NON_DEFAULT = {
+    "zero": {"seed": 3},
+    "uniform": {"bound": 0.3, "resample": False, "seed": 3},
+    "xavier": {"gain": 2.0, "resample": False, "seed": 3},
+    "learnable": {"init": "xavier", "seed": 3},
+    "noisy": {"noise_std": 0.4, "learnable_std": True, "min_std": 0.05, "base": "learnable"},
+}
+
+
+@pytest.mark.parametrize("name", list(NON_DEFAULT))
+def test_make_keeps_every_option(name):
+    plan = spec.make(name, **NON_DEFAULT[name])
+    assert plan.name == name and type(plan).name == name
+    assert list(plan.options()) == list(spec.OPTIONS[name])
+    for key, value in NON_DEFAULT[name].items():
+        assert plan.options()[key] == value
+    # the value round-trips through its options, and is immutable
+    assert spec.make(name, **plan.options()) == plan
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.seed = 1
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "source"),
+    [
+        ("zero", {}, "zeros"),
+        ("uniform", {}, "draw"),
+        ("uniform", {"resample": False}, "stored"),
+        ("xavier", {}, "draw"),
+        ("xavier", {"resample": False}, "stored"),
+        ("learnable", {}, "param"),
+        ("noisy", {}, "zeros"),
+        ("noisy", {"base": "learnable"}, "param"),
+    ],
+)
+def test_plan_sources(name, options, source):
+    assert spec.make(name, **options).source == source
+
+
+def test_plan_bounds_and_vector_inits():
+    assert spec.make("uniform").draw_bound(16) == spec.uniform_bound(16)
+    assert spec.make("uniform", bound=0.3).draw_bound(16) == 0.3
+    assert spec.make("xavier", gain=2.0).draw_bound(16) == spec.xavier_bound(16, 2.0)
+    assert spec.make("xavier", resample=False).vector_init(16) == spec.xavier_bound(16)
+    assert spec.make("learnable").vector_init(16) is None
+    assert spec.make("learnable", init="uniform").vector_init(16) == spec.uniform_bound(16)
+    assert spec.make("learnable", init="xavier").vector_init(16) == spec.xavier_bound(16)
+    fn = np.ones
+    assert spec.make("learnable", init=fn).vector_init(16) is fn
+    assert spec.make("noisy", base="learnable").vector_init(16) is None
+    with pytest.raises(ValueError, match="draws no uniform state"):
+        spec.make("learnable").draw_bound(16)
+    assert spec.make("zero").noise is None
+    assert spec.make("noisy", noise_std=0.3).noise == spec.NoiseStd(0.3)
+
+
+@pytest.mark.parametrize("name", list(NON_DEFAULT))
+def test_make_and_resolve_options_reject_the_same_way(name):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['nope'\]"):
+        spec.make(name, nope=1)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        spec.make(name, seed=1.5)
+
+
+def test_make_accepts_a_value_and_refuses_options_with_it():
+    plan = spec.Learnable(init="uniform")
+    assert spec.make(plan) is plan
+    assert spec.check_strategy(plan) == "learnable"
+    with pytest.raises(ValueError, match="already a value"):
+        spec.make(plan, seed=1)
+    with pytest.raises(ValueError, match="bound must be > 0"):
+        spec.Uniform(bound=0.0)
+    with pytest.raises(TypeError, match="resample must be True or False"):
+        spec.Xavier(resample="no")
+
+
+@pytest.mark.parametrize("min_std", [0.0, 0.1])
+@pytest.mark.parametrize("value", [0.15, 0.5, 3.0])
+def test_noise_std_parametrization_is_inverted_by_raw(min_std, value):
+    learn = spec.NoiseStd(0.2, learnable=True, min_std=min_std)
+    assert learn.from_raw(learn.raw(value)) == pytest.approx(value, rel=1e-12)
+    # any raw value gives a sigma above the floor
+    assert float(learn.from_raw(-5.0)) > min_std
+    fixed = spec.NoiseStd(0.2, min_std=min_std)
+    assert fixed.raw(value) == value and fixed.from_raw(value) == value
+    assert fixed.draws and learn.draws and not spec.NoiseStd(0.0).draws
+
+
+def test_noise_std_validation():
+    with pytest.raises(ValueError, match="must start above min_std"):
+        spec.NoiseStd(0.1, learnable=True, min_std=0.1)
+    with pytest.raises(ValueError, match="below min_std"):
+        spec.NoiseStd(0.1, min_std=0.2)
+    with pytest.raises(ValueError, match="below min_std"):
+        spec.NoiseStd(0.3, min_std=0.2).raw(0.1)
+    with pytest.raises(TypeError, match="learnable_std must be True or False"):
+        spec.NoiseStd(0.1, learnable=1)
+
+
+def test_noisy_cell_step_with_given_noise():
+    def step(x, s):
+        return s
+
+    s = (np.zeros((2, 3)), np.ones((2, 3)))
+    eps = (np.full((2, 3), 1.0), np.full((2, 3), -2.0))
+    h, c = spec.noisy_cell_step(step, None, s, 0.5, training=True, noise=eps)
+    assert np.array_equal(h, np.full((2, 3), 0.5)) and np.array_equal(c, np.zeros((2, 3)))
+    assert spec.noisy_cell_step(step, None, s, 0.5, training=False, noise=eps) is s
+    with pytest.raises(ValueError, match="noise has 1 component"):
+        spec.noisy_cell_step(step, None, s, 0.5, noise=eps[0])
