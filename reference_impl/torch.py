@@ -13,14 +13,12 @@ Use it as ``from reference_impl import torch as ri``::
     [(2, 32)]
 
 Each strategy is the plan :func:`reference_impl.spec.make` builds; this module executes
-it with torch tensors, on the dtype and device of the input.
-
-Export and serving: a wrapped layer exports like the bare one, with a dynamic batch,
-through ``torch.export.export`` (default and strict), the dynamo ONNX exporter
-(served by onnxruntime at any batch size) and ``torch.jit.trace`` (traced at one
-batch size, run at another), for every strategy that is deterministic in evaluation
-(zero, learnable, noisy in ``eval()``, uniform and xavier with ``resample=False``).
-``torch.jit.script`` is not supported (TorchScript is in maintenance).
+it with torch tensors, on the dtype and device of the input. A wrapped layer exports
+like the bare one, with a dynamic batch, through ``torch.export.export`` (default and
+strict), the dynamo ONNX exporter (onnxruntime serves any batch size) and
+``torch.jit.trace`` (traced at one batch size, run at another), for every strategy
+deterministic in evaluation (all but uniform and xavier with ``resample=True``; noisy
+in ``eval()``). Not ``torch.jit.script`` (TorchScript is in maintenance).
 ``torch.compile(fullgraph=True)`` of any recurrent layer, wrapped or not, needs
 ``torch._dynamo.config.allow_rnn = True``.
 """
@@ -58,12 +56,9 @@ class _Generators:
         self.seed, self._by_device = seed, {}
 
     def get(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        if str(device) not in self._by_device:
-            gen = torch.Generator(device=device).manual_seed(self.seed)
-            self._by_device[str(device)] = gen
-        return self._by_device[str(device)]
+        if self.seed is not None and str(device) not in self._by_device:
+            self._by_device[str(device)] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._by_device.get(str(device))
 
 
 def _draw(shape: tuple, dtype, device, gen, bound: float | None = None) -> Tensor:
@@ -145,17 +140,12 @@ class InitialState(_NoiseStd, nn.Module):
     ``init(batch_size, like=x)`` returns exactly what ``nn.GRU``/``nn.RNN`` take as
     ``h0`` (shape ``(num_layers * num_directions, batch, hidden_size)``) or what
     ``nn.LSTM`` takes as ``(h0, c0)`` (``h0`` has ``proj_size`` features when
-    ``proj_size > 0``), on the dtype and device of ``like``. Trainable vectors are
-    the parameters ``h0``/``c0`` (``(rows, features)`` each), stored draws
+    ``proj_size > 0``), on the dtype and device of ``like``. ``strategy`` is a name
+    from :data:`reference_impl.STRATEGIES` with its options as keywords
+    (:data:`reference_impl.spec.OPTIONS`; a callable ``init`` is applied in place to
+    each parameter), or a :class:`reference_impl.spec.Strategy` value. Trainable
+    vectors are the parameters ``h0``/``c0`` (``(rows, features)``), stored draws
     (``resample=False``) buffers of those names, a noisy sigma ``std_raw``.
-
-    Args:
-        strategy: one of :data:`reference_impl.STRATEGIES`, or a
-            :class:`reference_impl.spec.Strategy` value (then no options).
-        hidden_size, num_layers, bidirectional, proj_size: the recurrent layer's sizes.
-        cell: ``"gru"``, ``"lstm"`` or ``"rnn"``.
-        **options: the strategy's options (:data:`reference_impl.spec.OPTIONS`); a
-            callable ``init`` (learnable) is applied in place to each parameter.
 
     >>> init = InitialState("xavier", hidden_size=64, cell="lstm", seed=0)
     >>> h0, c0 = init(batch_size=8)
@@ -261,9 +251,8 @@ class InitialState(_NoiseStd, nn.Module):
 def _rnn_kind(rnn: nn.Module) -> str:
     if isinstance(rnn, nn.RNNBase) and getattr(rnn, "mode", None) in _MODES:
         return _MODES[rnn.mode]
-    hint = ""
-    if type(rnn) in _CELLS:
-        hint = " (a single cell: wrap it in reference_impl.torch.NoisyCell, or use the layer)"
+    hint = " (a single cell: wrap it in reference_impl.torch.NoisyCell, or use the layer)"
+    hint = hint if type(rnn) in _CELLS else ""
     raise TypeError(
         "InitialStateRNN wraps torch.nn.GRU, torch.nn.LSTM or torch.nn.RNN; "
         f"got {type(rnn).__name__}{hint}"
@@ -342,13 +331,13 @@ def _parts(state: State) -> tuple[Tensor, ...]:
     return state if isinstance(state, tuple) else (state,)
 
 
-def _steps(cell, x, state, time_dim, std=None, eps=None) -> tuple[Tensor, State]:
-    """The eager loop: ``cell`` over the steps of ``x``; with noise ``eps`` (one
-    ``(time, ...)`` tensor per state component), step ``t`` reads ``state + std * eps[t]``."""
+def _steps(cell, x, state, time_dim, noise=None) -> tuple[Tensor, State]:
+    """The eager loop: ``cell`` over the steps of ``x``; with ``noise`` (``sigma * eps``,
+    one ``(time, ...)`` tensor per state component), step ``t`` reads ``state + noise[t]``."""
     outs = []
     for t, x_t in enumerate(x.unbind(time_dim)):
-        if eps is not None:
-            noisy = tuple(s + std * e[t] for s, e in zip(_parts(state), eps, strict=True))
+        if noise is not None:
+            noisy = tuple(s + n[t] for s, n in zip(_parts(state), noise, strict=True))
             state = noisy if isinstance(state, tuple) else noisy[0]
         state = cell(x_t, state)
         outs.append(_parts(state)[0])
@@ -359,14 +348,14 @@ _BLOCK = 10  # steps per compiled block: compile time grows with it, the speed-u
 _COMPILED: dict[str, Any] = {}  # "fn": _steps compiled, None once torch.compile failed
 
 
-def _compiled_steps(cell, x, state, time_dim, std, eps) -> tuple[Tensor, State]:
+def _compiled_steps(cell, x, state, time_dim, noise) -> tuple[Tensor, State]:
     """``_steps`` as blocks of ``_BLOCK`` steps compiled by ``torch.compile``, leftover
     steps eagerly; the eager loop, with one warning, if compiling fails."""
     steps, outs = x.shape[time_dim], []
     for start in range(0, steps, _BLOCK):
         n = min(_BLOCK, steps - start)
-        args = (cell, x.narrow(time_dim, start, n), state, time_dim, std)
-        args = (*args, [e.narrow(0, start, n) for e in eps])
+        noise_n = [e.narrow(0, start, n) for e in noise]
+        args = (cell, x.narrow(time_dim, start, n), state, time_dim, noise_n)
         if n < _BLOCK or _COMPILED.get("fn", True) is None:
             out, state = _steps(*args)
         else:
@@ -376,9 +365,8 @@ def _compiled_steps(cell, x, state, time_dim, std, eps) -> tuple[Tensor, State]:
                 out, state = _COMPILED["fn"](*args)
             except Exception as error:
                 out, state = _steps(*args)  # an error of the arguments raises here too
-                _COMPILED["fn"] = None
-                reason = (str(error).strip().splitlines() or [""])[0]
-                message = f"torch.compile failed ({type(error).__name__}: {reason}); "
+                _COMPILED["fn"], why = None, (str(error).strip().splitlines() or [""])[0]
+                message = f"torch.compile failed ({type(error).__name__}: {why}); "
                 warnings.warn(message + "NoisyCell.unroll steps eagerly", RuntimeWarning, 3)
         outs.append(out)
     return torch.cat(outs, time_dim), state
@@ -389,13 +377,11 @@ class NoisyCell(_NoiseStd, nn.Module):
 
     In training every step adds ``N(0, sigma^2)`` noise to the carried state (each
     component of an LSTM state) before the wrapped cell reads it; in ``eval()`` the
-    cell runs unchanged. Sigma follows :class:`reference_impl.spec.NoiseStd`:
-    ``learnable_std=True`` makes it ``min_std + softplus(std_raw)``, a parameter.
-    Draws come from a generator seeded with ``seed``, or torch's global one.
-
-    Call it like the wrapped cell for one step (one draw per call), or use
-    :meth:`unroll` for a sequence. The fused layers cannot take noise between steps,
-    so the cell is stepped: in Python, or in compiled blocks (``compile=True``).
+    cell runs unchanged. Sigma follows :class:`reference_impl.spec.NoiseStd`
+    (``learnable_std=True``: ``min_std + softplus(std_raw)``, a parameter); draws
+    come from a generator seeded with ``seed``, or torch's global one. Call it like
+    the cell for one step, or :meth:`unroll` a sequence: the fused layers cannot take
+    noise between steps, so the cell is stepped, in Python or in compiled blocks.
 
     >>> cell = NoisyCell(nn.GRUCell(10, 32), noise_std=0.1)
     >>> out, h = cell.unroll(torch.randn(20, 4, 10))
@@ -424,19 +410,19 @@ class NoisyCell(_NoiseStd, nn.Module):
         self._generators = _Generators(spec.check_seed(seed))
         self._register_std(rule)
 
-    def _noise(self, steps: int, state: State) -> tuple[Tensor, list[Tensor]]:
-        """Sigma, and ``N(0, 1)`` noise for ``steps`` steps: one draw per component."""
+    def _noise(self, steps: int, state: State) -> list[Tensor]:
+        """``sigma * eps`` for ``steps`` steps, one ``N(0, 1)`` draw per state component."""
         s = _parts(state)[0]
         gen = self._generators.get(s.device)
-        eps = [_draw((steps, *p.shape), p.dtype, p.device, gen) for p in _parts(state)]
-        return self.noise_std.to(dtype=s.dtype, device=s.device), eps
+        std = self.noise_std.to(dtype=s.dtype, device=s.device)
+        return [std * _draw((steps, *p.shape), p.dtype, p.device, gen) for p in _parts(state)]
 
     def forward(self, x: Tensor, hx: State | None = None) -> State:
         """One step: ``cell(x, hx + noise)`` in training, ``cell(x, hx)`` in eval."""
         hx = self.zero_state(x) if hx is None else hx
         if not self.training:
             return self.cell(x, hx)
-        return _steps(self.cell, x.unsqueeze(0), hx, 0, *self._noise(1, hx))[1]
+        return _steps(self.cell, x.unsqueeze(0), hx, 0, self._noise(1, hx))[1]
 
     def zero_state(self, x: Tensor) -> State:
         h = torch.zeros((*x.shape[:-1], self.cell.hidden_size), dtype=x.dtype, device=x.device)
@@ -453,13 +439,13 @@ class NoisyCell(_NoiseStd, nn.Module):
         drawn first, one ``(time, *batch, features)`` draw per state component, and
         step ``t`` reads ``state + sigma * eps[t]``; ``eval()`` runs the bare cell.
 
-        ``compile=True`` (training only) runs blocks of 10 steps compiled once by
-        ``torch.compile`` (leftover steps eagerly): the same noise, the same numbers
-        up to float rounding. For a GRU (batch 64, 128 units) forward+backward on CPU
-        it took about 0.8 of the eager loop's time, after a first compile of about
-        half a minute (seconds once inductor's disk cache has it), repeated for a new
-        batch size, dtype or cell kind. If compiling fails (e.g. no C++ compiler for
-        inductor) it warns once and steps eagerly.
+        ``compile=True`` (training) steps through blocks of 10 steps compiled by
+        ``torch.compile``, leftover steps eagerly: the same noise, the same numbers up
+        to float rounding. Forward+backward of a GRU (batch 64, 128 units) on CPU took
+        about 0.83 of the eager loop's time, after a first compile of half a minute
+        (seconds from inductor's disk cache), again for a new batch size, dtype or
+        cell kind. If compiling fails (no C++ compiler, ...) it warns once and steps
+        eagerly.
         """
         if x.dim() not in (2, 3):
             raise ValueError(f"input must be 3-D or 2-D; got shape {tuple(x.shape)}")
@@ -470,5 +456,5 @@ class NoisyCell(_NoiseStd, nn.Module):
         state = self.zero_state(x.select(time_dim, 0)) if hx is None else hx
         if not self.training:
             return _steps(self.cell, x, state, time_dim)
-        std, eps = self._noise(x.shape[time_dim], state)
-        return (_compiled_steps if compile else _steps)(self.cell, x, state, time_dim, std, eps)
+        noise = self._noise(x.shape[time_dim], state)
+        return (_compiled_steps if compile else _steps)(self.cell, x, state, time_dim, noise)
