@@ -12,21 +12,20 @@ Use it as ``from reference_impl import torch as ri``::
     >>> [tuple(p.shape) for p in model.initial_state.parameters()]
     [(2, 32)]
 
-The strategies are defined in :mod:`reference_impl.spec`; this module implements
-them with torch tensors, on the dtype and device of the input.
-
-Export and serving: a wrapped layer exports like the bare one, with a dynamic batch,
-through ``torch.export.export`` (default and strict), the dynamo ONNX exporter
-(served by onnxruntime at any batch size) and ``torch.jit.trace`` (traced at one
-batch size, run at another); every strategy that is deterministic in evaluation
-(zero, learnable, noisy in ``eval()``, uniform and xavier with ``resample=False``).
-``torch.jit.script`` is not supported (TorchScript is in maintenance; trace or
-export instead). ``torch.compile(fullgraph=True)`` of any recurrent layer, wrapped or
-not, needs ``torch._dynamo.config.allow_rnn = True``.
+Each strategy is the plan :func:`reference_impl.spec.make` builds; this module executes
+it with torch tensors, on the dtype and device of the input. A wrapped layer exports
+like the bare one, with a dynamic batch, through ``torch.export.export`` (default and
+strict), the dynamo ONNX exporter (onnxruntime serves any batch size) and
+``torch.jit.trace`` (traced at one batch size, run at another), for every strategy
+deterministic in evaluation (all but uniform and xavier with ``resample=True``; noisy
+in ``eval()``). Not ``torch.jit.script`` (TorchScript is in maintenance).
+``torch.compile(fullgraph=True)`` of any recurrent layer, wrapped or not, needs
+``torch._dynamo.config.allow_rnn = True``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -50,52 +49,42 @@ _CELLS = {nn.GRUCell: "gru", nn.LSTMCell: "lstm", nn.RNNCell: "rnn"}
 
 
 class _Generators:
-    """One seeded ``torch.Generator`` per device, created on first use.
-
-    With ``seed=None`` draws use torch's global generator (``torch.manual_seed``).
-    """
+    """One ``torch.Generator`` per device seeded with ``seed``, made on first use; with
+    ``seed=None`` draws use torch's global generator (``torch.manual_seed``)."""
 
     def __init__(self, seed: int | None) -> None:
-        self.seed = seed
-        self._by_device: dict[str, torch.Generator] = {}
+        self.seed, self._by_device = seed, {}
 
     def get(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        key = str(device)
-        if key not in self._by_device:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._by_device[key] = gen
-        return self._by_device[key]
+        if self.seed is not None and str(device) not in self._by_device:
+            self._by_device[str(device)] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._by_device.get(str(device))
 
 
-def _draw_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Draw in float32 (or float64) and cast, so one seed gives the same numbers in
-    # bfloat16/float16 as in float32, up to rounding.
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _uniform(
-    shape: tuple[int, ...],
-    bound: float,
-    dtype: torch.dtype,
-    device: torch.device,
-    generator: torch.Generator | None,
-) -> Tensor:
-    u = torch.rand(shape, dtype=_draw_dtype(dtype), device=device, generator=generator)
+def _draw(shape: tuple, dtype, device, gen, bound: float | None = None) -> Tensor:
+    """``U(-bound, bound)``, or ``N(0, 1)`` without a bound. Drawn in float32 (or float64)
+    and cast, so one seed gives the same numbers in bfloat16 as in float32, up to rounding."""
+    as_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    if bound is None:
+        return torch.randn(shape, dtype=as_dtype, device=device, generator=gen).to(dtype)
+    u = torch.rand(shape, dtype=as_dtype, device=device, generator=gen)
     return (u * (2 * bound) - bound).to(dtype)
 
 
-def _normal(
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
-    device: torch.device,
-    generator: torch.Generator | None,
-) -> Tensor:
-    return torch.randn(shape, dtype=_draw_dtype(dtype), device=device, generator=generator).to(
-        dtype
-    )
+def _fill(vec: Tensor, init: float | Callable | None, gen: torch.Generator | None) -> None:
+    """Start a stored or trainable vector in place, as ``plan.vector_init`` says: zeros
+    (``None``), a ``U(-b, b)`` draw (a float ``b``) or the user's callable."""
+    with torch.no_grad():
+        if callable(init):
+            result = init(vec)
+            if isinstance(result, Tensor) and result is not vec:
+                if result.shape != vec.shape:
+                    raise ValueError(
+                        f"init returned shape {tuple(result.shape)}; expected {tuple(vec.shape)}"
+                    )
+                vec.copy_(result)
+        elif init is not None:
+            vec.copy_(_draw(tuple(vec.shape), vec.dtype, vec.device, gen, init))
 
 
 def _exporting() -> bool:
@@ -104,42 +93,59 @@ def _exporting() -> bool:
 
 
 def _check_batch_size(batch_size: Any) -> Any:
-    """A positive Python int, or a symbolic size while exporting or tracing.
-
-    ``torch.export`` and the dynamo ONNX exporter pass a ``torch.SymInt`` for a
-    dynamic batch; ``torch.jit.trace`` and the TorchScript ONNX exporter pass a
-    0-d integer tensor. Those are sizes of a real input and are taken as they are,
-    so the exported program keeps the batch dynamic; anything else is checked.
-    """
+    """A positive Python int, or a symbolic size while exporting or tracing: a
+    ``torch.SymInt`` (torch.export, dynamo ONNX) or a 0-d integer tensor (jit.trace,
+    TorchScript ONNX) is a real input's size, kept so the batch stays dynamic."""
     if isinstance(batch_size, torch.SymInt):
         return batch_size
-    if (
-        isinstance(batch_size, Tensor)
-        and batch_size.dim() == 0
-        and not batch_size.is_floating_point()
-        and _exporting()
-    ):
-        return batch_size
+    if isinstance(batch_size, Tensor) and batch_size.dim() == 0 and _exporting():
+        if not batch_size.is_floating_point():
+            return batch_size
     return spec.check_positive_int("batch_size", batch_size)
 
 
-class InitialState(nn.Module):
+class _NoiseStd:
+    """``noise_std`` and ``set_noise_std`` for a sigma that follows ``spec.NoiseStd``,
+    stored in ``std_raw``: a parameter if learnable, else a buffer."""
+
+    def _register_std(self, rule: spec.NoiseStd | None) -> None:
+        self._rule = rule
+        if rule is not None:
+            raw = torch.tensor(rule.raw())
+            if rule.learnable:
+                self.register_parameter("std_raw", nn.Parameter(raw))
+            else:
+                self.register_buffer("std_raw", raw)
+
+    def _noise_rule(self) -> spec.NoiseStd:
+        if self._rule is None:
+            raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
+        return self._rule
+
+    @property
+    def noise_std(self) -> Tensor:
+        """The current noise standard deviation, a scalar tensor."""
+        return self._noise_rule().from_raw(self.std_raw, nn.functional.softplus)
+
+    def set_noise_std(self, value: float) -> None:
+        """Set sigma (for a schedule); a learnable sigma is re-parametrized to ``value``."""
+        raw = self._noise_rule().raw(value)
+        with torch.no_grad():
+            self.std_raw.fill_(raw)
+
+
+class InitialState(_NoiseStd, nn.Module):
     """Produces the initial state of a PyTorch recurrent layer with one strategy.
 
     ``init(batch_size, like=x)`` returns exactly what ``nn.GRU``/``nn.RNN`` take as
     ``h0`` (shape ``(num_layers * num_directions, batch, hidden_size)``) or what
     ``nn.LSTM`` takes as ``(h0, c0)`` (``h0`` has ``proj_size`` features when
-    ``proj_size > 0``), on the dtype and device of ``like``.
-
-    Args:
-        strategy: one of :data:`reference_impl.STRATEGIES`.
-        hidden_size, num_layers, bidirectional, proj_size: the recurrent layer's sizes.
-        cell: ``"gru"``, ``"lstm"`` or ``"rnn"``.
-        **options: the strategy's options (see :data:`reference_impl.spec.OPTIONS`):
-            ``bound`` (uniform), ``gain`` (xavier), ``resample`` (uniform, xavier),
-            ``init`` (learnable: ``"zeros"``, ``"uniform"``, ``"xavier"`` or a callable
-            applied in place to each ``(rows, features)`` parameter), ``noise_std``,
-            ``learnable_std``, ``min_std``, ``base`` (noisy), ``seed`` (random ones).
+    ``proj_size > 0``), on the dtype and device of ``like``. ``strategy`` is a name
+    from :data:`reference_impl.STRATEGIES` with its options as keywords
+    (:data:`reference_impl.spec.OPTIONS`; a callable ``init`` is applied in place to
+    each parameter), or a :class:`reference_impl.spec.Strategy` value. Trainable
+    vectors are the parameters ``h0``/``c0`` (``(rows, features)``), stored draws
+    (``resample=False``) buffers of those names, a noisy sigma ``std_raw``.
 
     >>> init = InitialState("xavier", hidden_size=64, cell="lstm", seed=0)
     >>> h0, c0 = init(batch_size=8)
@@ -149,7 +155,7 @@ class InitialState(nn.Module):
 
     def __init__(
         self,
-        strategy: str,
+        strategy: str | spec.Strategy,
         *,
         hidden_size: int,
         num_layers: int = 1,
@@ -159,105 +165,44 @@ class InitialState(nn.Module):
         **options: Any,
     ) -> None:
         super().__init__()
-        self.strategy = spec.check_strategy(strategy)
+        self.plan = spec.make(strategy, **options)
+        self.strategy, self.options = self.plan.name, self.plan.options()
         self.cell = spec.check_cell(cell)
         self.hidden_size = spec.check_positive_int("hidden_size", hidden_size)
         self.num_layers = spec.check_positive_int("num_layers", num_layers)
-        if not isinstance(bidirectional, bool):
-            raise TypeError(f"bidirectional must be True or False; got {bidirectional!r}")
-        self.bidirectional = bidirectional
+        self.bidirectional = spec.check_bool("bidirectional", bidirectional)
         self.proj_size = spec.check_positive_int("proj_size", proj_size, allow_zero=True)
         self.features = spec.component_features(self.cell, self.hidden_size, self.proj_size)
-        self.rows = self.num_layers * (2 if bidirectional else 1)
-        self.options = spec.resolve_options(self.strategy, options)
-        self._generators = _Generators(self.options.get("seed"))
-
-        opts = self.options
-        learnable_base = strategy == "learnable" or (
-            strategy == "noisy" and opts["base"] == "learnable"
-        )
-        # draws made once, at construction (learnable inits, resample=False), on the CPU
-        gen = torch.Generator().manual_seed(opts["seed"]) if opts["seed"] is not None else None
-        if learnable_base:
-            init = opts["init"] if strategy == "learnable" else "zeros"
+        self.rows = self.num_layers * (2 if self.bidirectional else 1)
+        self._generators = _Generators(self.plan.seed)
+        source, seed = self.plan.source, self.plan.seed
+        if source in ("stored", "param"):  # drawn once, here, on the CPU
+            gen = torch.Generator().manual_seed(seed) if seed is not None else None
             for name, f in zip(self._names(), self.features, strict=True):
-                param = nn.Parameter(torch.zeros(self.rows, f))
-                self._fill(param, init, f, gen)
-                self.register_parameter(name, param)
-        elif strategy in ("uniform", "xavier") and not opts["resample"]:
-            # Sampled once, stored (saved in state_dict, not trained), broadcast.
-            for name, f in zip(self._names(), self.features, strict=True):
-                vec = _uniform(
-                    (self.rows, f), self._bound(f), torch.float32, torch.device("cpu"), gen
-                )
-                self.register_buffer(name, vec)
-        if strategy == "noisy":
-            if opts["learnable_std"]:
-                rho = spec.inverse_softplus(opts["noise_std"] - opts["min_std"])
-                self.std_raw = nn.Parameter(torch.tensor(rho))
-            else:
-                self.register_buffer("std_raw", torch.tensor(float(opts["noise_std"])))
-
-    # ------------------------------------------------------------------ helpers
+                vec = torch.zeros(self.rows, f)
+                vec = nn.Parameter(vec) if source == "param" else vec
+                _fill(vec, self.plan.vector_init(f), gen)
+                register = self.register_parameter if source == "param" else self.register_buffer
+                register(name, vec)
+        self._register_std(self.plan.noise)
 
     def _names(self) -> tuple[str, ...]:
         return ("h0", "c0")[: len(self.features)]
 
-    def _bound(self, features: int) -> float:
-        if self.strategy == "uniform":
-            return spec.uniform_bound(features, self.options["bound"])
-        return spec.xavier_bound(features, self.options["gain"])
-
-    @staticmethod
-    def _fill(param: Tensor, init: str | Callable, features: int, gen: torch.Generator | None):
-        with torch.no_grad():
-            if callable(init):
-                result = init(param)
-                if isinstance(result, Tensor) and result is not param:
-                    if result.shape != param.shape:
-                        raise ValueError(
-                            f"init returned shape {tuple(result.shape)}; expected "
-                            f"{tuple(param.shape)}"
-                        )
-                    param.copy_(result)
-            elif init == "uniform":
-                b = spec.uniform_bound(features)
-                param.copy_(_uniform(tuple(param.shape), b, param.dtype, param.device, gen))
-            elif init == "xavier":
-                b = spec.xavier_bound(features)
-                param.copy_(_uniform(tuple(param.shape), b, param.dtype, param.device, gen))
-
-    @property
-    def noise_std(self) -> Tensor:
-        """The current noise standard deviation (noisy strategy), a scalar tensor."""
-        if self.strategy != "noisy":
-            raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
-        if self.options["learnable_std"]:
-            return self.options["min_std"] + nn.functional.softplus(self.std_raw)
-        return self.std_raw
-
-    def set_noise_std(self, value: float) -> None:
-        """Set sigma (for a schedule); a learnable sigma is re-parametrized to ``value``."""
-        if self.strategy != "noisy":
-            raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
-        spec.check_noise_std(value, self.options["learnable_std"], self.options["min_std"])
-        with torch.no_grad():
-            if self.options["learnable_std"]:
-                self.std_raw.fill_(spec.inverse_softplus(value - self.options["min_std"]))
-            else:
-                self.std_raw.fill_(float(value))
-
-    def _expand(self, vec: Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        state = vec.to(device=device, dtype=dtype).unsqueeze(1).expand(-1, batch, -1)
-        # cuDNN (and other fused GPU kernels) need a contiguous hx; on CPU the
-        # broadcast view is read as it is, with no copy. An exported or compiled graph
-        # gets a contiguous state too: the ONNX LSTM loop requires its carried state
-        # to have the strides of the states it produces.
-        if state.device.type == "cpu" and not _exporting():
-            return state
-        return state.contiguous()
-
-    # ------------------------------------------------------------------ call
+    def _base(self, name: str, features: int, batch: Any, dtype, device) -> Tensor:
+        """One component before noise, from ``plan.source``."""
+        shape = (self.rows, batch, features)
+        if self.plan.source == "zeros":
+            return torch.zeros(shape, dtype=dtype, device=device)
+        if self.plan.source == "draw":
+            bound = self.plan.draw_bound(features)
+            return _draw(shape, dtype, device, self._generators.get(device), bound)
+        state = getattr(self, name).to(device=device, dtype=dtype)
+        state = state.unsqueeze(1).expand(-1, batch, -1)
+        # cuDNN (and other fused GPU kernels) need a contiguous hx; on CPU the broadcast
+        # view is read as it is. An exported or compiled graph gets a contiguous state
+        # too: the ONNX LSTM loop needs its carried state strided like its outputs.
+        return state if state.device.type == "cpu" and not _exporting() else state.contiguous()
 
     def init(
         self,
@@ -273,61 +218,45 @@ class InitialState(nn.Module):
         ``dtype``/``device``).
         """
         batch = _check_batch_size(batch_size)
-        if like is not None:
-            dtype = dtype or like.dtype
-            device = device or like.device
-        if dtype is None:
-            dtype = next((t.dtype for t in self._tensors()), torch.float32)
+        mine = [*self.parameters(), *self.buffers()]
+        dtype = dtype or (like.dtype if like is not None else None)
+        dtype = dtype or next((t.dtype for t in mine), torch.float32)
         if not dtype.is_floating_point:
             raise TypeError(f"the initial state needs a floating dtype; got {dtype}")
-        if device is None:
-            device = next((t.device for t in self._tensors()), torch.device("cpu"))
-        device = torch.device(device)
-
+        device = device or (like.device if like is not None else None)
+        device = torch.device(device or next((t.device for t in mine), "cpu"))
         states = []
         for name, f in zip(self._names(), self.features, strict=True):
-            shape = (self.rows, batch, f)
-            s = self.strategy
-            if s == "zero" or (s == "noisy" and self.options["base"] == "zero"):
-                state = torch.zeros(shape, dtype=dtype, device=device)
-            elif s in ("uniform", "xavier") and self.options["resample"]:
-                gen = self._generators.get(device)
-                state = _uniform(shape, self._bound(f), dtype, device, gen)
-            else:  # learnable, noisy(base=learnable), or a stored draw
-                state = self._expand(getattr(self, name), batch, dtype, device)
-            if s == "noisy" and self.training:
-                gen = self._generators.get(device)
+            state = self._base(name, f, batch, dtype, device)
+            if self._rule is not None and self.training:
                 std = self.noise_std.to(device=device, dtype=dtype)
-                state = state + std * _normal(shape, dtype, device, gen)
+                gen = self._generators.get(device)
+                state = state + std * _draw((self.rows, batch, f), dtype, device, gen)
             states.append(state)
         return states[0] if len(states) == 1 else (states[0], states[1])
-
-    def _tensors(self):
-        yield from self.parameters()
-        yield from self.buffers()
 
     def forward(self, batch_size: int, like: Tensor | None = None) -> State:
         """Same as :meth:`init`."""
         return self.init(batch_size, like)
 
     def extra_repr(self) -> str:
-        opts = {k: v for k, v in self.options.items() if v is not None}
-        text = ", ".join(f"{k}={v!r}" for k, v in opts.items())
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items() if v is not None)
         return (
             f"{self.strategy!r}, cell={self.cell!r}, hidden_size={self.hidden_size}, "
             f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
-            f"proj_size={self.proj_size}" + (f", {text}" if text else "")
+            f"proj_size={self.proj_size}{opts}"
         )
 
 
 def _rnn_kind(rnn: nn.Module) -> str:
     if isinstance(rnn, nn.RNNBase) and getattr(rnn, "mode", None) in _MODES:
         return _MODES[rnn.mode]
-    supported = "torch.nn.GRU, torch.nn.LSTM or torch.nn.RNN"
-    hint = ""
-    if type(rnn) in _CELLS:
-        hint = " (a single cell: wrap it in reference_impl.torch.NoisyCell, or use the layer)"
-    raise TypeError(f"InitialStateRNN wraps {supported}; got {type(rnn).__name__}{hint}")
+    hint = " (a single cell: wrap it in reference_impl.torch.NoisyCell, or use the layer)"
+    hint = hint if type(rnn) in _CELLS else ""
+    raise TypeError(
+        "InitialStateRNN wraps torch.nn.GRU, torch.nn.LSTM or torch.nn.RNN; "
+        f"got {type(rnn).__name__}{hint}"
+    )
 
 
 class InitialStateRNN(nn.Module):
@@ -345,19 +274,15 @@ class InitialStateRNN(nn.Module):
     (torch.Size([20, 16, 32]), torch.Size([1, 16, 32]), torch.Size([1, 16, 32]))
     """
 
-    def __init__(self, rnn: nn.Module, strategy: str = "learnable", **options: Any) -> None:
+    def __init__(
+        self, rnn: nn.Module, strategy: str | spec.Strategy = "learnable", **options: Any
+    ) -> None:
         super().__init__()
         kind = _rnn_kind(rnn)
         self.rnn = rnn
-        self.initial_state = InitialState(
-            strategy,
-            hidden_size=rnn.hidden_size,
-            num_layers=rnn.num_layers,
-            bidirectional=rnn.bidirectional,
-            cell=kind,
-            proj_size=getattr(rnn, "proj_size", 0),
-            **options,
-        )
+        sizes = {k: getattr(rnn, k) for k in ("hidden_size", "num_layers", "bidirectional")}
+        proj = getattr(rnn, "proj_size", 0)
+        self.initial_state = InitialState(strategy, cell=kind, proj_size=proj, **sizes, **options)
         ref = next(rnn.parameters(), None)
         if ref is not None:
             self.initial_state.to(device=ref.device)
@@ -368,15 +293,11 @@ class InitialStateRNN(nn.Module):
 
     def _check_state(self, hx: Any, batch: int | None) -> None:
         init = self.initial_state
-        lstm = init.cell == "lstm"
-        if lstm:
-            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError(f"an LSTM state must be a tuple (h0, c0); got {type(hx).__name__}")
-            parts = tuple(hx)
-        else:
-            if not isinstance(hx, Tensor):
-                raise TypeError(f"the state must be a tensor; got {type(hx).__name__}")
-            parts = (hx,)
+        if init.cell == "lstm" and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"an LSTM state must be a tuple (h0, c0); got {type(hx).__name__}")
+        if init.cell != "lstm" and not isinstance(hx, Tensor):
+            raise TypeError(f"the state must be a tensor; got {type(hx).__name__}")
+        parts = tuple(hx) if init.cell == "lstm" else (hx,)
         for name, t, f in zip(("h0", "c0"), parts, init.features, strict=False):
             expected = (init.rows, f) if batch is None else (init.rows, batch, f)
             if tuple(t.shape) != expected:
@@ -386,40 +307,81 @@ class InitialStateRNN(nn.Module):
                 )
 
     def forward(self, x: Tensor | PackedSequence, hx: State | None = None):
-        rnn = self.rnn
         if isinstance(x, PackedSequence):
-            batch, like = int(x.batch_sizes[0]), x.data
-            unbatched = False
+            batch, like, unbatched = int(x.batch_sizes[0]), x.data, False
         elif isinstance(x, Tensor):
             if x.dim() not in (2, 3):
                 raise ValueError(
                     f"input must be 3-D (batched) or 2-D (unbatched); got shape {tuple(x.shape)}"
                 )
-            unbatched = x.dim() == 2
-            batch = 1 if unbatched else x.shape[0 if rnn.batch_first else 1]
-            like = x
+            like, unbatched = x, x.dim() == 2
+            batch = 1 if unbatched else x.shape[0 if self.rnn.batch_first else 1]
         else:
             raise TypeError(f"input must be a Tensor or PackedSequence; got {type(x).__name__}")
         if hx is not None:
             self._check_state(hx, None if unbatched else batch)
-            return rnn(x, hx)
+            return self.rnn(x, hx)
         hx = self.initial_state.init(batch, like=like)
         if unbatched:
             hx = tuple(h[:, 0] for h in hx) if isinstance(hx, tuple) else hx[:, 0]
-        return rnn(x, hx)
+        return self.rnn(x, hx)
 
 
-class NoisyCell(nn.Module):
+def _parts(state: State) -> tuple[Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _steps(cell, x, state, time_dim, noise=None) -> tuple[Tensor, State]:
+    """The eager loop: ``cell`` over the steps of ``x``; with ``noise`` (``sigma * eps``,
+    one ``(time, ...)`` tensor per state component), step ``t`` reads ``state + noise[t]``."""
+    outs = []
+    for t, x_t in enumerate(x.unbind(time_dim)):
+        if noise is not None:
+            noisy = tuple(s + n[t] for s, n in zip(_parts(state), noise, strict=True))
+            state = noisy if isinstance(state, tuple) else noisy[0]
+        state = cell(x_t, state)
+        outs.append(_parts(state)[0])
+    return torch.stack(outs, time_dim), state
+
+
+_BLOCK = 10  # steps per compiled block: compile time grows with it, the speed-up saturates
+_COMPILED: dict[str, Any] = {}  # "fn": _steps compiled, None once torch.compile failed
+
+
+def _compiled_steps(cell, x, state, time_dim, noise) -> tuple[Tensor, State]:
+    """``_steps`` as blocks of ``_BLOCK`` steps compiled by ``torch.compile``, leftover
+    steps eagerly; the eager loop, with one warning, if compiling fails."""
+    steps, outs = x.shape[time_dim], []
+    for start in range(0, steps, _BLOCK):
+        n = min(_BLOCK, steps - start)
+        noise_n = [e.narrow(0, start, n) for e in noise]
+        args = (cell, x.narrow(time_dim, start, n), state, time_dim, noise_n)
+        if n < _BLOCK or _COMPILED.get("fn", True) is None:
+            out, state = _steps(*args)
+        else:
+            try:
+                if "fn" not in _COMPILED:
+                    _COMPILED["fn"] = torch.compile(_steps)
+                out, state = _COMPILED["fn"](*args)
+            except Exception as error:
+                out, state = _steps(*args)  # an error of the arguments raises here too
+                _COMPILED["fn"], why = None, (str(error).strip().splitlines() or [""])[0]
+                message = f"torch.compile failed ({type(error).__name__}: {why}); "
+                warnings.warn(message + "NoisyCell.unroll steps eagerly", RuntimeWarning, 3)
+        outs.append(out)
+    return torch.cat(outs, time_dim), state
+
+
+class NoisyCell(_NoiseStd, nn.Module):
     """Per-step state noise around ``nn.GRUCell``, ``nn.LSTMCell`` or ``nn.RNNCell``.
 
-    In training every step adds ``N(0, noise_std^2)`` noise to the carried state
-    (each component of an LSTM state) before the wrapped cell reads it; in
-    ``eval()`` the cell runs unchanged. ``learnable_std=True`` makes the std a
-    parameter, ``min_std + softplus(rho)``, positive by construction.
-
-    Call it like the wrapped cell for one step, or use :meth:`unroll` for a sequence.
-    A cell is stepped in Python by construction: the fused layers cannot take noise
-    between steps.
+    In training every step adds ``N(0, sigma^2)`` noise to the carried state (each
+    component of an LSTM state) before the wrapped cell reads it; in ``eval()`` the
+    cell runs unchanged. Sigma follows :class:`reference_impl.spec.NoiseStd`
+    (``learnable_std=True``: ``min_std + softplus(std_raw)``, a parameter); draws
+    come from a generator seeded with ``seed``, or torch's global one. Call it like
+    the cell for one step, or :meth:`unroll` a sequence: the fused layers cannot take
+    noise between steps, so the cell is stepped, in Python or in compiled blocks.
 
     >>> cell = NoisyCell(nn.GRUCell(10, 32), noise_std=0.1)
     >>> out, h = cell.unroll(torch.randn(20, 4, 10))
@@ -442,58 +404,57 @@ class NoisyCell(nn.Module):
                 "NoisyCell wraps torch.nn.GRUCell, torch.nn.LSTMCell or torch.nn.RNNCell; "
                 f"got {type(cell).__name__}"
             )
-        spec.check_noise_std(noise_std, learnable_std, min_std)
-        self.cell = cell
-        self.kind = _CELLS[type(cell)]
-        self.learnable_std = bool(learnable_std)
-        self.min_std = float(min_std)
-        self._generators = _Generators(seed)
-        if learnable_std:
-            self.std_raw = nn.Parameter(torch.tensor(spec.inverse_softplus(noise_std - min_std)))
-        else:
-            self.register_buffer("std_raw", torch.tensor(float(noise_std)))
+        rule = spec.NoiseStd(noise_std, learnable_std, min_std)
+        self.cell, self.kind = cell, _CELLS[type(cell)]
+        self.learnable_std, self.min_std = rule.learnable, rule.min_std
+        self._generators = _Generators(spec.check_seed(seed))
+        self._register_std(rule)
 
-    @property
-    def noise_std(self) -> Tensor:
-        if self.learnable_std:
-            return self.min_std + nn.functional.softplus(self.std_raw)
-        return self.std_raw
-
-    def _noise(self, s: Tensor) -> Tensor:
+    def _noise(self, steps: int, state: State) -> list[Tensor]:
+        """``sigma * eps`` for ``steps`` steps, one ``N(0, 1)`` draw per state component."""
+        s = _parts(state)[0]
         gen = self._generators.get(s.device)
         std = self.noise_std.to(dtype=s.dtype, device=s.device)
-        return s + std * _normal(tuple(s.shape), s.dtype, s.device, gen)
+        return [std * _draw((steps, *p.shape), p.dtype, p.device, gen) for p in _parts(state)]
 
     def forward(self, x: Tensor, hx: State | None = None) -> State:
         """One step: ``cell(x, hx + noise)`` in training, ``cell(x, hx)`` in eval."""
-        if hx is None:
-            hx = self.zero_state(x)
-        if self.training:
-            hx = tuple(self._noise(h) for h in hx) if isinstance(hx, tuple) else self._noise(hx)
-        return self.cell(x, hx)
+        hx = self.zero_state(x) if hx is None else hx
+        if not self.training:
+            return self.cell(x, hx)
+        return _steps(self.cell, x.unsqueeze(0), hx, 0, self._noise(1, hx))[1]
 
     def zero_state(self, x: Tensor) -> State:
-        shape = (*x.shape[:-1], self.cell.hidden_size)
-        h = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        h = torch.zeros((*x.shape[:-1], self.cell.hidden_size), dtype=x.dtype, device=x.device)
         return (h, h.clone()) if self.kind == "lstm" else h
 
     def unroll(
-        self, x: Tensor, hx: State | None = None, *, batch_first: bool = False
+        self, x: Tensor, hx: State | None = None, *, batch_first: bool = False, compile=False
     ) -> tuple[Tensor, State]:
         """Run the cell over a sequence; returns ``(outputs, final_state)``.
 
         ``x`` is ``(time, batch, features)`` (``(batch, time, features)`` with
         ``batch_first=True``) or unbatched ``(time, features)``; ``outputs`` stacks
-        ``h`` of every step in the same layout.
+        ``h`` of every step in the same layout. In training the noise of all steps is
+        drawn first, one ``(time, *batch, features)`` draw per state component, and
+        step ``t`` reads ``state + sigma * eps[t]``; ``eval()`` runs the bare cell.
+
+        ``compile=True`` (training) steps through blocks of 10 steps compiled by
+        ``torch.compile``, leftover steps eagerly: the same noise, the same numbers up
+        to float rounding. Forward+backward of a GRU (batch 64, 128 units) on CPU took
+        about 0.83 of the eager loop's time, after a first compile of half a minute
+        (seconds from inductor's disk cache), again for a new batch size, dtype or
+        cell kind. If compiling fails (no C++ compiler, ...) it warns once and steps
+        eagerly.
         """
         if x.dim() not in (2, 3):
             raise ValueError(f"input must be 3-D or 2-D; got shape {tuple(x.shape)}")
+        compile = spec.check_bool("compile", compile)
         time_dim = 1 if (batch_first and x.dim() == 3) else 0
-        state = hx
-        outs = []
-        for x_t in x.unbind(time_dim):
-            state = self(x_t, state)
-            outs.append(state[0] if isinstance(state, tuple) else state)
-        if not outs:
+        if x.shape[time_dim] == 0:
             raise ValueError("the input sequence has no time steps")
-        return torch.stack(outs, time_dim), state
+        state = self.zero_state(x.select(time_dim, 0)) if hx is None else hx
+        if not self.training:
+            return _steps(self.cell, x, state, time_dim)
+        noise = self._noise(x.shape[time_dim], state)
+        return (_compiled_steps if compile else _steps)(self.cell, x, state, time_dim, noise)

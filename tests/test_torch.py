@@ -1,6 +1,7 @@
 """reference_impl.torch against spec.py: values, statistics, gradients, round trips, errors."""
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from reference_impl import STRATEGIES, spec
 from reference_impl import torch as ri
 
 LAYERS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
+EXACT = {"rtol": 0, "atol": 0}
 
 
 def make(cell, *args, **kwargs):
@@ -174,6 +176,43 @@ def test_seed_reproduces_draws(strategy):
     torch.manual_seed(1)
     g2 = draws()
     torch.testing.assert_close(g1[0], g2[0])
+
+
+def test_seeded_draws_are_these_generator_calls():
+    """The exact torch calls behind seeded draws (saved models and outputs depend on them)."""
+
+    def uniform(gen, *shape):
+        b = spec.uniform_bound(shape[-1])
+        return torch.rand(shape, generator=gen) * (2 * b) - b
+
+    lstm = {"hidden_size": 4, "cell": "lstm", "proj_size": 2, "seed": 3}
+    gen = torch.Generator().manual_seed(3)  # resample: per call, per component, h then c
+    h, c = ri.InitialState("uniform", **lstm).init(2)
+    torch.testing.assert_close((h, c), (uniform(gen, 1, 2, 2), uniform(gen, 1, 2, 4)), **EXACT)
+    gen = torch.Generator().manual_seed(3)  # learnable init: at construction, h0 then c0
+    init = ri.InitialState("learnable", init="uniform", **lstm)
+    torch.testing.assert_close(
+        (init.h0, init.c0), (uniform(gen, 1, 2), uniform(gen, 1, 4)), **EXACT
+    )
+    gen = torch.Generator().manual_seed(3)  # noisy: N(0, 1) in float32, cast, times sigma
+    bf16 = torch.zeros(1, dtype=torch.bfloat16)
+    h = ri.InitialState("noisy", hidden_size=4, noise_std=0.3, seed=3).init(2, like=bf16)
+    want = torch.tensor(0.3, dtype=torch.bfloat16) * torch.randn(1, 2, 4, generator=gen).bfloat16()
+    torch.testing.assert_close(h, want, **EXACT)
+
+
+def test_strategy_value_is_accepted():
+    value = spec.Learnable(init="uniform", seed=3)
+    a = ri.InitialState(value, hidden_size=8, cell="lstm")
+    b = ri.InitialState("learnable", hidden_size=8, cell="lstm", init="uniform", seed=3)
+    assert a.strategy == "learnable" and a.plan is value
+    assert a.options == b.options == value.options()
+    for (n, p), (m, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert n == m and torch.equal(p, q)
+    model = ri.InitialStateRNN(nn.GRU(3, 8), spec.Noisy(noise_std=0.2, learnable_std=True))
+    assert model.strategy == "noisy" and model.initial_state.noise_std.item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="already a value"):
+        ri.InitialState(value, hidden_size=8, seed=1)
 
 
 # --------------------------------------------------------------------------- learnable
@@ -419,42 +458,118 @@ def test_torch_compile_gives_the_same_outputs():
 
 # --------------------------------------------------------------------------- NoisyCell
 
+CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "rnn": nn.RNNCell}
 
-@pytest.mark.parametrize("cell_cls", [nn.GRUCell, nn.LSTMCell, nn.RNNCell])
-def test_noisy_cell_eval_is_the_plain_cell(cell_cls):
+
+def cell_loop(cell, x, state=None):
+    """The bare cell stepped over ``x`` (time first): outputs and final state."""
+    outs = []
+    for x_t in x:
+        state = cell(x_t, state)
+        outs.append(state[0] if isinstance(state, tuple) else state)
+    return torch.stack(outs), state
+
+
+def unroll_draws(seed, steps, state_shapes):
+    """The noise ``NoisyCell.unroll`` draws: one (time, *shape) draw per component, in order."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn((steps, *shape), generator=gen) for shape in state_shapes]
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_noisy_cell_eval_is_the_plain_cell(kind):
     torch.manual_seed(0)
-    cell = cell_cls(4, 8)
+    cell = CELLS[kind](4, 8)
     noisy = ri.NoisyCell(cell, noise_std=0.5).eval()
     x = torch.randn(7, 3, 4)
-    out, state = noisy.unroll(x)
-    ref, s = [], None
-    for x_t in x:
-        s = cell(x_t, s)
-        ref.append(s[0] if isinstance(s, tuple) else s)
-    torch.testing.assert_close(out, torch.stack(ref), rtol=0, atol=0)
+    ref, _ = cell_loop(cell, x)
+    for compile in (False, True):  # evaluation never compiles: it is the bare cell
+        out, _ = noisy.unroll(x, compile=compile)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cell_cls", [nn.GRUCell, nn.LSTMCell])
-def test_noisy_cell_training_adds_noise_before_each_step(cell_cls):
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_noisy_cell_unroll_is_the_spec_step_with_predrawn_noise(kind):
+    """unroll = spec.noisy_cell_step over numpy's own cell equations, fed the same noise."""
+    from reference_impl import parity
+
     torch.manual_seed(0)
-    cell = cell_cls(4, 8)
-    noisy = ri.NoisyCell(cell, noise_std=0.2, seed=11)
+    cell = CELLS[kind](4, 8)
+    steps, shape = 5, (3, 8)
+    x = torch.randn(steps, 3, 4)
+    out, final = ri.NoisyCell(cell, noise_std=0.2, seed=11).unroll(x)
+    eps = unroll_draws(11, steps, [shape] * spec.num_components(kind))
+    p = {k: v.double().numpy() for k, v in cell.state_dict().items()}
+
+    def step(x_t, state):
+        return parity.torch_cell_step(kind, p, x_t, state)
+
+    zeros = np.zeros(shape)
+    state, ref = ((zeros, zeros) if kind == "lstm" else zeros), []
+    for t in range(steps):
+        noise = tuple(e[t].double().numpy() for e in eps)
+        noise = noise if kind == "lstm" else noise[0]
+        state = spec.noisy_cell_step(step, x[t].double().numpy(), state, 0.2, noise=noise)
+        ref.append(as_tuple(state)[0])
+    np.testing.assert_allclose(out.detach().numpy(), np.stack(ref), atol=1e-5)
+    for a, b in zip(as_tuple(final), as_tuple(state), strict=True):
+        np.testing.assert_allclose(a.detach().numpy(), b, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_noisy_cell_step_draws_per_call_and_unroll_draws_once(kind):
+    torch.manual_seed(0)
+    cell = CELLS[kind](4, 8)
+    x, h = torch.randn(6, 3, 4), torch.randn(3, 8)
+    hx = (h, 2 * h) if kind == "lstm" else h
+    # one step: a fresh draw per component, from the module's generator
+    got = ri.NoisyCell(cell, noise_std=0.3, seed=5)(x[0], hx)
+    gen = torch.Generator().manual_seed(5)
+    noisy = tuple(s + 0.3 * torch.randn(s.shape, generator=gen) for s in as_tuple(hx))
+    want = cell(x[0], noisy if kind == "lstm" else noisy[0])
+    for a, b in zip(as_tuple(got), as_tuple(want), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a sequence, batch first, from a given state: the cell on state + std * eps[t]
+    noisy = ri.NoisyCell(cell, noise_std=0.3, seed=5)
+    out, _ = noisy.unroll(x.transpose(0, 1), hx, batch_first=True)
+    eps = unroll_draws(5, 6, [(3, 8)] * len(as_tuple(hx)))
+    state, ref = hx, []
+    for t in range(6):
+        parts = tuple(s + 0.3 * e[t] for s, e in zip(as_tuple(state), eps, strict=True))
+        state = cell(x[t], parts if kind == "lstm" else parts[0])
+        ref.append(as_tuple(state)[0])
+    torch.testing.assert_close(out, torch.stack(ref, 1), rtol=0, atol=0)
+    assert not torch.equal(noisy.unroll(x.transpose(0, 1), hx, batch_first=True)[0], out)
+
+
+def test_noisy_cell_seed_reproduces_and_global_generator_otherwise():
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(4, 8)
     x = torch.randn(5, 3, 4)
-    out, _ = noisy.unroll(x)
-    # the same steps by hand, drawing from a generator with the same seed
-    gen = torch.Generator().manual_seed(11)
-    s = (torch.zeros(3, 8), torch.zeros(3, 8)) if cell_cls is nn.LSTMCell else torch.zeros(3, 8)
-    ref = []
-    for x_t in x:
-        if isinstance(s, tuple):
-            s = tuple(c + 0.2 * torch.randn(c.shape, generator=gen) for c in s)
-        else:
-            s = s + 0.2 * torch.randn(s.shape, generator=gen)
-        s = cell(x_t, s)
-        ref.append(s[0] if isinstance(s, tuple) else s)
-    torch.testing.assert_close(out, torch.stack(ref))
-    again, _ = noisy.unroll(x)
-    assert not torch.equal(again, out)
+
+    def run(**kw):
+        return ri.NoisyCell(cell, noise_std=0.2, **kw).unroll(x)[0]
+
+    torch.testing.assert_close(run(seed=3), run(seed=3), rtol=0, atol=0)
+    assert not torch.equal(run(seed=3), run(seed=4))
+    torch.manual_seed(1)
+    a = run()
+    torch.manual_seed(1)
+    torch.testing.assert_close(run(), a, rtol=0, atol=0)
+
+
+def test_noisy_cell_draws_in_float32_for_low_precision():
+    torch.manual_seed(0)
+    cell = nn.GRUCell(4, 8).to(torch.bfloat16)
+    x = torch.randn(3, 2, 4, dtype=torch.bfloat16)
+    out, _ = ri.NoisyCell(cell, noise_std=0.2, seed=1).unroll(x)
+    (eps,) = unroll_draws(1, 3, [(2, 8)])
+    state, ref = torch.zeros(2, 8, dtype=torch.bfloat16), []
+    for t in range(3):
+        state = cell(x[t], state + torch.tensor(0.2, dtype=torch.bfloat16) * eps[t].bfloat16())
+        ref.append(state)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, torch.stack(ref), rtol=0, atol=0)
 
 
 def test_noisy_cell_learnable_std_and_layouts():
@@ -465,6 +580,85 @@ def test_noisy_cell_learnable_std_and_layouts():
     assert noisy.std_raw.grad is not None and noisy.noise_std.item() > 0
     out, h = noisy.unroll(torch.randn(6, 4))  # unbatched
     assert out.shape == (6, 8) and h.shape == (8,)
+    with pytest.raises(ValueError, match="no time steps"):
+        noisy.unroll(torch.randn(0, 2, 4))
+
+
+def test_noisy_cell_set_noise_std():
+    torch.manual_seed(0)
+    cell = nn.GRUCell(4, 8)
+    x = torch.randn(5, 3, 4)
+    fixed = ri.NoisyCell(cell, noise_std=0.2)
+    fixed.set_noise_std(0.3)
+    assert fixed.noise_std.item() == pytest.approx(0.3)
+    assert "std_raw" not in dict(fixed.named_parameters())
+    assert set(fixed.state_dict()) == {"std_raw"} | {f"cell.{k}" for k in cell.state_dict()}
+    fixed.set_noise_std(0.0)  # no noise: training is the bare cell
+    torch.testing.assert_close(fixed.unroll(x)[0], cell_loop(cell, x)[0], rtol=0, atol=0)
+    learn = ri.NoisyCell(cell, noise_std=0.2, learnable_std=True, min_std=0.05)
+    learn.set_noise_std(0.5)
+    assert learn.noise_std.item() == pytest.approx(0.5, rel=1e-6)
+    assert isinstance(learn.std_raw, nn.Parameter)
+    assert learn.std_raw.item() == pytest.approx(spec.inverse_softplus(0.45), rel=1e-6)
+    with pytest.raises(ValueError, match="-1"):
+        fixed.set_noise_std(-1.0)
+    with pytest.raises(ValueError, match="above min_std"):
+        learn.set_noise_std(0.05)
+    with pytest.raises(TypeError, match="noise_std must be a number"):
+        learn.set_noise_std("0.3")
+    assert learn.noise_std.item() == pytest.approx(0.5, rel=1e-6)  # unchanged by the errors
+
+
+def _unroll_with_grads(cell, noisy, x, compile, hx=None):
+    x = x.clone().requires_grad_(True)
+    out, state = noisy.unroll(x, hx, compile=compile)
+    (out.pow(2).sum() + as_tuple(state)[-1].sum()).backward()
+    grads = [x.grad, noisy.std_raw.grad, *(p.grad for p in cell.parameters())]
+    noisy.zero_grad()
+    return out.detach(), [s.detach() for s in as_tuple(state)], grads
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_noisy_cell_compiled_equals_eager(kind, monkeypatch):
+    monkeypatch.setattr(ri, "_BLOCK", 2)  # 5 steps: two compiled blocks, one eager step
+    monkeypatch.setattr(ri, "_COMPILED", {})
+    torch.manual_seed(0)
+    cell = CELLS[kind](4, 8)
+    x = torch.randn(5, 3, 4)
+    runs = []
+    for compile in (False, True):
+        noisy = ri.NoisyCell(cell, noise_std=0.3, learnable_std=True, seed=2)
+        runs.append(_unroll_with_grads(cell, noisy, x, compile))
+    assert ri._COMPILED["fn"] is not None  # compiled, no fallback
+    (out, state, grads), (c_out, c_state, c_grads) = runs
+    torch.testing.assert_close(c_out, out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(c_state + c_grads, state + grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_noisy_cell_compile_failure_falls_back_with_one_warning(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found\n(details)")
+
+        return run
+
+    monkeypatch.setattr(ri, "_BLOCK", 2)
+    monkeypatch.setattr(ri, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    torch.manual_seed(0)
+    cell = nn.GRUCell(4, 8)
+    x = torch.randn(5, 3, 4)
+    with pytest.raises(RuntimeError, match="hidden_size"):  # as in the eager loop ...
+        ri.NoisyCell(cell).unroll(x, torch.zeros(3, 9), compile=True)
+    assert "fn" in ri._COMPILED and ri._COMPILED["fn"] is not None  # ... and is no reason
+    eager = ri.NoisyCell(cell, seed=1).unroll(x)[0]
+    with pytest.warns(RuntimeWarning, match=r"no C\+\+ compiler found\); .*steps eagerly"):
+        out = ri.NoisyCell(cell, seed=1).unroll(x, compile=True)[0]
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning, not one per call
+        ri.NoisyCell(cell, seed=1).unroll(x, compile=True)
 
 
 # --------------------------------------------------------------------------- the issue's examples
