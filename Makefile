@@ -33,6 +33,7 @@ help:
 	@echo "make notebooks  re-execute every notebook in place (refresh stored outputs)"
 	@echo "make lab        JupyterLab on the notebooks"
 	@echo "make bench      benchmarks against the bare layers: every round to results/bench-*.csv"
+	@echo "                (BENCH_DEVICE=gpu: on the GPU, to results/bench-*-gpu.csv)"
 	@echo "make experiments  the experiment grid (BUDGET=quick|standard|full) into results/"
 	@echo "make clean      remove build outputs (keeps .venv)"
 
@@ -81,8 +82,10 @@ LAB_FLAGS ?=
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_FLAGS) notebooks
 
+# BENCH_DEVICE=gpu times on the GPU instead and writes results/bench-*-gpu.csv.
+BENCH_DEVICE ?= cpu
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do $(BIN)/python "$$b"; done
+	for b in benchmarks/bench_*.py; do $(BIN)/python "$$b" --device $(BENCH_DEVICE); done
 
 # Resumable: a second call runs only the trials missing from results/. With RAY_ADDRESS
 # set the trials run on that Ray cluster.

@@ -1,4 +1,4 @@
-"""Overhead of reference_impl.torch against the bare ``nn.GRU``, on CPU.
+"""Overhead of reference_impl.torch against the bare ``nn.GRU``, on CPU (or a GPU).
 
 Forward and backward of a GRU (batch 64, 100 steps, 128 units, 32 input features).
 Two tables, measured in one run:
@@ -20,7 +20,8 @@ machine load hit all of them alike. Every round of every variant is written, wit
 machine and the versions, to ``results/bench-torch.csv``; a summary (median, paired
 ratio, bootstrap interval) is printed.
 
-Run: ``python benchmarks/bench_torch.py [--rounds N] [--threads N] [--out PATH]``.
+Run: ``python benchmarks/bench_torch.py [--rounds N] [--threads N] [--device cpu|gpu]
+[--out PATH]``; ``--device gpu`` writes ``results/bench-torch-gpu.csv``.
 """
 
 from __future__ import annotations
@@ -46,17 +47,21 @@ OUT = Path(__file__).resolve().parent.parent / "results" / "bench-torch.csv"
 
 
 def make_step(run):
-    """One forward (``run()`` returns the outputs) and backward of a loss on them."""
+    """One forward (``run()`` returns the outputs) and backward of a loss on them; on a
+    GPU it waits for the device, so the time covers the whole computation."""
 
     def step() -> None:
-        run().sum().backward()
+        out = run()
+        out.sum().backward()
+        if out.is_cuda:
+            torch.cuda.synchronize()
 
     return step
 
 
 def cell_loop(cell: nn.GRUCell, x: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
     """``cell`` stepped over ``x`` (time first); with ``sigma``, the web's noisy loop."""
-    h, outs = torch.zeros(x.shape[1], cell.hidden_size), []
+    h, outs = torch.zeros(x.shape[1], cell.hidden_size, device=x.device), []
     for x_t in x:
         if sigma:
             h = h + torch.randn_like(h) * sigma
@@ -67,7 +72,7 @@ def cell_loop(cell: nn.GRUCell, x: torch.Tensor, sigma: float = 0.0) -> torch.Te
 
 def noisy_cell_variants(gru: nn.GRU, x: torch.Tensor) -> tuple[dict[str, object], nn.Module]:
     """The cell variants, on the GRU's own weights and its input, time first; the cell."""
-    cell = nn.GRUCell(FEATURES, HIDDEN)
+    cell = nn.GRUCell(FEATURES, HIDDEN).to(x.device)
     with torch.no_grad():
         for name, p in cell.named_parameters():
             p.copy_(getattr(gru, f"{name}_l0"))
@@ -90,13 +95,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--device", choices=("cpu", "gpu"), default="cpu", help="gpu: CUDA (and cuDNN)"
+    )
+    parser.add_argument("--out", type=Path, help="default results/bench-torch[-gpu].csv")
     args = parser.parse_args()
+    if args.device == "gpu" and not torch.cuda.is_available():
+        parser.error("--device gpu: torch sees no CUDA device")
+    device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    out = args.out or (OUT if args.device == "cpu" else OUT.with_name("bench-torch-gpu.csv"))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    gru = nn.GRU(FEATURES, HIDDEN, batch_first=True)
-    x = torch.randn(BATCH, STEPS, FEATURES)
+    gru = nn.GRU(FEATURES, HIDDEN, batch_first=True).to(device)
+    x = torch.randn(BATCH, STEPS, FEATURES, device=device)
     variants = {BASE: make_step(lambda: gru(x)[0]), "bare (control)": make_step(lambda: gru(x)[0])}
     for strategy in STRATEGIES:
         # every variant wraps the same layer, so only the initial state differs
@@ -112,16 +124,20 @@ def main() -> None:
         cell_key: {name: times[name] for name in (BASE, *cells)},
     }
     version = torch.__version__.split("+")[0]
-    prov = benchmarking.provenance({"torch": version}, threads=args.threads)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    prov = benchmarking.provenance(
+        {"torch": version}, device=args.device, gpu=gpu, threads=args.threads
+    )
     shape = f"GRU {HIDDEN} units, batch {BATCH}, {STEPS} steps, {FEATURES} features"
     baselines = {k: BASE for k in tables}
-    rows = benchmarking.write_results(args.out, "torch", tables, baselines, prov, shape)
-    print(f"torch {version}, CPU ({prov['cpu']}), {args.threads} thread(s): {shape}")
+    rows = benchmarking.write_results(out, "torch", tables, baselines, prov, shape)
+    where = gpu or f"CPU ({prov['cpu']}), {args.threads} thread(s)"
+    print(f"torch {version}, {where}: {shape}")
     print(f"forward+backward, {args.rounds} interleaved rounds")
     for (table, _), table_times in tables.items():
         print(f"\n{table}")
         print("\n".join(benchmarking.summary(table_times, BASE)))
-    print(f"{rows} rows written to {args.out}")
+    print(f"{rows} rows written to {out}")
 
 
 if __name__ == "__main__":
