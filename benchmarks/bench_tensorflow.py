@@ -37,7 +37,7 @@ BATCH, STEPS, FEATURES, UNITS = 64, 100, 32, 128
 BASE = "bare GRU"
 NOISY = "NoisyCell in RNN"
 DRAWS = "per-step draws alone"
-CELL, PREDRAWN, WEB = "RNN(GRUCell)", "NoisyCell, noise drawn first", "eager loop, web-style"
+CELL, PREDRAWN, WEB = "RNN(GRUCell)", "NoisyCell, pre-drawn", "eager loop, web-style"
 MODES = ("forward", "fwd+bwd")
 OUT = Path(__file__).resolve().parent.parent / "results" / "bench-tensorflow.csv"
 

@@ -309,16 +309,14 @@ def _directions(layer: object) -> list[Any]:
 
 def _describe_rnn(layer: object) -> tuple[str, int]:
     if not isinstance(layer, keras.layers.RNN):
-        hint = ""
-        if _cell_kind(layer) is not None or isinstance(layer, NoisyCell):
-            hint = " (a single cell: wrap it in keras.layers.RNN first)"
+        single = _cell_kind(layer) is not None or isinstance(layer, NoisyCell)
+        hint = " (a single cell: wrap it in keras.layers.RNN first)" if single else ""
         raise TypeError(f"InitialStateRNN wraps {_SUPPORTED}; got {type(layer).__name__}{hint}")
     cell = layer.cell.cell if isinstance(layer.cell, NoisyCell) else layer.cell
     kind = _cell_kind(cell)
     if kind is None:
-        hint = ""
-        if isinstance(cell, keras.layers.StackedRNNCells):
-            hint = " (stacked cells: give each layer its own InitialStateRNN)"
+        stacked = isinstance(cell, keras.layers.StackedRNNCells)
+        hint = " (stacked cells: give each layer its own InitialStateRNN)" if stacked else ""
         raise TypeError(
             f"InitialStateRNN wraps {_SUPPORTED}; got {type(layer).__name__} with cell "
             f"{type(cell).__name__}{hint}"
@@ -370,16 +368,11 @@ class InitialStateRNN(keras.layers.Wrapper):
     ``return_state``, ``go_backwards`` and masks behave as in the wrapped layer), started
     from the state of ``layer.initial_state`` (an :class:`InitialState`);
     ``layer(x, initial_state=states)`` uses ``states`` as given (checked for count and
-    shape). The wrapped layer runs once over the whole sequence (cuDNN on GPU). The
-    noise of a wrapped :class:`NoisyCell` is drawn here, for all steps at once.
-
-    Args:
-        layer: a ``GRU``, ``LSTM``, ``SimpleRNN``, ``RNN`` of a built-in cell or of a
-            :class:`NoisyCell`, or ``Bidirectional`` of one of these (one state per
-            direction). Not stateful.
-        strategy: as for :class:`InitialState`; ``"learnable"`` by default.
-        **options: the strategy's options, as for :class:`InitialState`, and the layer
-            keywords ``name``, ``dtype`` (by default the wrapped layer's), ``trainable``.
+    shape). The wrapped layer runs once over the whole sequence (cuDNN on GPU); the noise
+    of a wrapped :class:`NoisyCell` is drawn here, for all steps at once. ``layer`` is a
+    ``GRU``, ``LSTM``, ``SimpleRNN``, ``RNN`` of a built-in cell or of a
+    :class:`NoisyCell`, or ``Bidirectional`` of one of these, not stateful; ``strategy``
+    and its options are as for :class:`InitialState` (``dtype`` defaults to the layer's).
 
     >>> import numpy as np
     >>> import keras
@@ -401,16 +394,11 @@ class InitialStateRNN(keras.layers.Wrapper):
         kind, units, bidirectional = _describe(layer)
         layer_kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **layer_kwargs)
+        sizes = {"units": units, "cell": kind, "bidirectional": bidirectional}
         # Under this layer's name, so the weights read "<this layer>/initial_state/h0".
         with keras.name_scope(self.name):
             self.initial_state = InitialState(
-                strategy,
-                units=units,
-                cell=kind,
-                bidirectional=bidirectional,
-                dtype=self.dtype_policy,
-                name="initial_state",
-                **options,
+                strategy, name="initial_state", dtype=self.dtype_policy, **sizes, **options
             )
         self.supports_masking = True
 
@@ -523,13 +511,11 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
     """Per-step state noise around ``GRUCell``, ``LSTMCell`` or ``SimpleRNNCell``.
 
     Use it as ``InitialStateRNN(keras.layers.RNN(NoisyCell(cell)), strategy="zero")``
-    (any strategy): in training (``model.fit``) every step adds ``N(0, noise_std^2)``
-    noise to each carried state component before the wrapped cell reads it (the
-    initial state included); otherwise the step is exactly the wrapped cell's. The
-    wrapper draws the noise of all steps before the loop (every backend); a bare
-    ``keras.layers.RNN(NoisyCell(...))`` draws per step, on TensorFlow and PyTorch
-    only (see the module notes). ``learnable_std=True`` makes sigma a weight,
-    ``min_std + softplus(rho)``. Dropout of the wrapped cell keeps working.
+    (any strategy; a bare ``RNN`` of it does not train on JAX, see the module notes):
+    in training every step adds ``N(0, noise_std^2)`` noise to each carried state
+    component before the wrapped cell reads it (the initial state included);
+    otherwise the step is exactly the wrapped cell's. ``learnable_std=True`` makes
+    sigma a weight, ``min_std + softplus(rho)``. The wrapped cell's dropout still works.
 
     >>> import numpy as np
     >>> import keras
