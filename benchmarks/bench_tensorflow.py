@@ -6,9 +6,13 @@ backward (gradients of every trainable weight), each compiled with ``tf.function
 All variants share the same GRU weights and inputs and are timed interleaved, in a
 shuffled order each round, so that a change of machine load hits them all alike; a
 second bare GRU ("bare (control)") shows how large the measurement noise is, and the
-per-step Gaussian draws alone (what ``NoisyCell`` adds) are timed beside them. Every
-round is written, with the machine and the versions, to
-``results/bench-tensorflow.csv``; a summary is printed.
+per-step Gaussian draws alone (what a bare ``RNN(NoisyCell)`` adds) are timed beside
+them. The ``noisy_cell`` table times per-step noise in training (forward plus
+backward): ``RNN(GRUCell)``, ``InitialStateRNN(RNN(NoisyCell(GRUCell)), "zero")``
+(noise of all steps drawn before the loop) and the version often copied from the web,
+an eager Python loop over a ``GRUCell`` adding ``keras.random.normal`` noise to the
+state each step under ``tf.GradientTape``. Every round is written, with the machine
+and the versions, to ``results/bench-tensorflow.csv``; a summary is printed.
 
 Run: ``python benchmarks/bench_tensorflow.py [--rounds N] [--out PATH]``.
 """
@@ -33,6 +37,7 @@ BATCH, STEPS, FEATURES, UNITS = 64, 100, 32, 128
 BASE = "bare GRU"
 NOISY = "NoisyCell in RNN"
 DRAWS = "per-step draws alone"
+CELL, PREDRAWN, WEB = "RNN(GRUCell)", "NoisyCell, pre-drawn", "eager loop, web-style"
 MODES = ("forward", "fwd+bwd")
 OUT = Path(__file__).resolve().parent.parent / "results" / "bench-tensorflow.csv"
 
@@ -48,16 +53,41 @@ def make_variants() -> dict[str, keras.layers.Layer]:
     for strategy in STRATEGIES:
         seed = {} if strategy == "zero" else {"seed": 0}
         variants[strategy] = ri.InitialStateRNN(gru(), strategy, **seed)
-    noisy_cell = ri.NoisyCell(keras.layers.GRUCell(UNITS), noise_std=0.1, seed=0)
+    cells = [keras.layers.GRUCell(UNITS) for _ in range(3)]
+    noisy_cell = ri.NoisyCell(cells[0], noise_std=0.1, seed=0)
     variants[NOISY] = keras.layers.RNN(noisy_cell, return_sequences=True)
+    variants[CELL] = keras.layers.RNN(cells[1], return_sequences=True)
+    predrawn = ri.NoisyCell(cells[2], noise_std=0.1, seed=0)
+    rnn = keras.layers.RNN(predrawn, return_sequences=True)
+    variants[PREDRAWN] = ri.InitialStateRNN(rnn, "zero")
     for layer in variants.values():
         layer(x)  # build
     weights = variants[BASE].get_weights()
     variants["bare (control)"].set_weights(weights)
     for strategy in STRATEGIES:
         variants[strategy].layer.set_weights(weights)
-    noisy_cell.cell.set_weights(weights)
+    for cell in cells:
+        cell.set_weights(weights)
     return variants
+
+
+def web_style_step(x: tf.Tensor) -> object:
+    """Per-step noise as often copied: an eager loop over a cell under a GradientTape."""
+    cell = keras.layers.GRUCell(UNITS)
+    cell.build((BATCH, FEATURES))
+
+    def step() -> object:
+        with tf.GradientTape() as tape:
+            h, outputs = tf.zeros((BATCH, UNITS)), []
+            for t in range(STEPS):
+                h = h + keras.random.normal((BATCH, UNITS), stddev=0.1)
+                out, (h,) = cell(x[:, t], [h], training=True)
+                outputs.append(out)
+            loss = tf.reduce_mean(tf.stack(outputs, axis=1) ** 2)
+        tape.gradient(loss, cell.trainable_weights)
+        return loss.numpy()
+
+    return cell, step
 
 
 def compile_steps(layer: keras.layers.Layer, x: tf.Tensor) -> dict[str, object]:
@@ -90,13 +120,19 @@ def main() -> None:
     tf.get_logger().setLevel("ERROR")
     keras.utils.set_random_seed(0)
     x = tf.constant(np.random.default_rng(0).normal(size=(BATCH, STEPS, FEATURES)), tf.float32)
-    steps = {name: compile_steps(layer, x) for name, layer in make_variants().items()}
+    variants = make_variants()
+    steps = {name: compile_steps(layer, x) for name, layer in variants.items()}
+    web_cell, web_step = web_style_step(x)
+    web_cell.set_weights(variants[BASE].get_weights())
     draws = tf.function(
         lambda s: tf.reduce_sum(tf.random.stateless_normal((STEPS, BATCH, UNITS), seed=s))
     )
     seed = tf.constant([1, 2])
     fns = {(name, mode): fn for name, by_mode in steps.items() for mode, fn in by_mode.items()}
+    for name in (CELL, PREDRAWN):  # the noisy_cell table times training only
+        del fns[(name, "forward")]
     fns[(DRAWS, "fwd+bwd")] = lambda: draws(seed).numpy()
+    fns[(WEB, "fwd+bwd")] = web_step
     flat = benchmarking.interleaved_rounds(
         {f"{n}|{m}": fn for (n, m), fn in fns.items()}, args.rounds
     )
@@ -107,6 +143,8 @@ def main() -> None:
         tables[("InitialStateRNN", mode)] = {n: flat[f"{n}|{mode}"] for n in names}
         names = [BASE, NOISY] + ([DRAWS] if mode == "fwd+bwd" else [])
         tables[("NoisyCell", mode)] = {n: flat[f"{n}|{mode}"] for n in names}
+    names = [BASE, CELL, PREDRAWN, WEB]
+    tables[("noisy_cell", "fwd+bwd")] = {n: flat[f"{n}|fwd+bwd"] for n in names}
     baselines = {key: BASE for key in tables}
 
     versions = {"tensorflow": tf.__version__, "keras": keras.__version__}

@@ -13,67 +13,47 @@ Use it as ``from reference_impl import tensorflow as ri``::
     >>> [(w.name, tuple(w.shape)) for w in layer.initial_state.trainable_weights]
     [('h0', (1, 32))]
 
-The strategies are defined in :mod:`reference_impl.spec`; this module implements them
-with ``keras.ops`` and ``keras.random`` only, so the layers also run on Keras's JAX
-(tested) and PyTorch backends. It never imports ``tensorflow`` itself.
+Each strategy is defined once, in :mod:`reference_impl.spec`, as a value carrying its
+plan; the layers here execute it with ``keras.ops`` and ``keras.random`` only, so they
+also run on Keras's JAX (tested) and PyTorch backends (``tensorflow`` is not imported).
 
-**Layout.** A Keras recurrent layer takes its initial state as a list of
-``(batch, units)`` tensors: ``[h]`` for ``GRU``/``SimpleRNN``, ``[h, c]`` for ``LSTM``,
-and for ``Bidirectional`` the forward states followed by the backward ones
-(``[h_fw, c_fw, h_bw, c_bw]``). :class:`InitialState` returns exactly that list.
+**Layout.** The state is the list a Keras recurrent layer takes as ``initial_state=``:
+``[h]`` (``GRU``, ``SimpleRNN``) or ``[h, c]`` (``LSTM``) of ``(batch, units)`` tensors;
+for ``Bidirectional`` the forward states then the backward ones. Stored vectors are the
+weights ``h0`` (and ``c0``) of :class:`InitialState`, ``(directions, units)`` with row 0
+forward: PyTorch's layout for one layer, so ``torch_module.initial_state.h0`` and
+``keras_layer.initial_state.h0`` hold the same numbers in the same order. They are
+trainable for the learnable strategies, not for stored draws (``resample=False``).
+``noisy`` adds a scalar ``std_raw``: sigma itself, or with ``learnable_std=True`` the
+trainable ``rho`` of ``sigma = min_std + softplus(rho)``.
 
-Stored vectors (the ``learnable`` strategy, ``noisy`` with ``base="learnable"``, and
-``uniform``/``xavier`` with ``resample=False``) are the weights ``h0`` (and ``c0`` for
-an LSTM) of the :class:`InitialState` layer (``InitialStateRNN.initial_state``), each
-of shape ``(directions, units)``: row 0 is the forward direction, row 1 the backward
-one. This is PyTorch's ``(num_layers * num_directions, hidden_size)`` layout for a
-one-layer module, so ``torch_module.initial_state.h0`` and
-``keras_layer.initial_state.h0`` hold the same numbers in the same order. ``h0``/``c0``
-are trainable for the learnable strategies and non-trainable for stored draws. The
-``noisy`` strategy adds a scalar ``std_raw``: sigma itself (non-trainable) or, with
-``learnable_std=True``, the trainable ``rho`` of ``sigma = min_std + softplus(rho)``.
+**Unlike** :mod:`reference_impl.torch` (as Keras forces): one Keras layer is one
+recurrent layer (no ``num_layers``: stack :class:`InitialStateRNN` layers; no
+``proj_size``); training mode is Keras's ``training`` argument; a callable ``init`` is
+a Keras initializer, ``init(shape, dtype)`` returning the values; ``seed=None`` draws
+from a ``keras.random.SeedGenerator`` that ``keras.utils.set_random_seed`` makes
+reproducible; :class:`NoisyCell` has no ``unroll``.
 
-**Differences from** :mod:`reference_impl.torch` **that Keras forces:**
+**cuDNN.** :class:`InitialStateRNN` passes the state as ``initial_state=`` and never
+changes the wrapped layer, so a ``GRU``/``LSTM`` keeps cuDNN on a GPU wherever the bare
+layer has it (Keras's conditions: ``tanh``/``sigmoid`` activations, no recurrent
+dropout, no ``unroll``, a bias, ``reset_after`` for a GRU, a right-padded mask; never
+for ``keras.layers.RNN(cell)``); Keras then turns ``jit_compile`` off.
 
-- One Keras layer is one recurrent layer: there is no ``num_layers`` (stack
-  :class:`InitialStateRNN` layers) and no ``proj_size`` (Keras's LSTM has none).
-- Training mode is Keras's ``training`` argument (``model.fit`` sets it), not
-  ``module.train()``/``eval()``.
-- A callable ``init`` follows the Keras initializer convention, ``init(shape, dtype)``
-  returning the values (any ``keras.initializers`` object works), instead of torch's
-  in-place function.
-- ``seed=None`` draws from a ``keras.random.SeedGenerator`` with a random seed, which
-  ``keras.utils.set_random_seed`` makes reproducible (torch uses its global
-  generator).
-- :class:`NoisyCell` is a Keras cell for ``keras.layers.RNN``; it has no ``unroll``.
-- ``Bidirectional`` builds its two directions from one config, so a seeded
-  ``NoisyCell`` inside it gives both directions the same noise stream; leave
-  ``seed=None`` there (or pass a ``backward_layer`` with another seed).
-
-**Fast paths (cuDNN).** :class:`InitialStateRNN` passes the state as
-``initial_state=`` to the wrapped layer and never changes its options, so a
-``GRU``/``LSTM`` keeps the cuDNN kernel on a GPU.
-Keras leaves cuDNN (and runs a ``while_loop``) when the layer has a non-``tanh``
-``activation``, a non-``sigmoid`` ``recurrent_activation``, ``recurrent_dropout > 0``,
-``unroll=True``, ``use_bias=False``, ``reset_after=False`` (GRU), ``use_cudnn=False``,
-or a mask that is not right-padded; ``keras.layers.RNN(cell)`` and
-``RNN(NoisyCell(...))`` never use it. With cuDNN in use Keras also turns
-``jit_compile`` off for the model (cuDNN ops are not XLA ops).
-
-**Backends.** :class:`InitialState` and :class:`InitialStateRNN` draw outside the recurrent loop and
-work on every backend. :class:`NoisyCell` draws inside the loop, once per step: on
-TensorFlow the ``while_loop`` advances the ``SeedGenerator`` every iteration; on JAX
-Keras runs the loop as ``lax.scan``, which traces the step once inside a stateless
-scope, so a generator cannot advance from step to step (every step would get the
-same noise, or a tracer would leak out of the scan). :class:`NoisyCell` therefore
-raises ``NotImplementedError`` in training on the JAX backend (inference, which adds
-no noise, works). Keras's PyTorch backend steps the loop in Python, so every layer
-here, :class:`NoisyCell` included, works there as well; the test suite runs one model
-on JAX and does not cover the PyTorch backend.
+**NoisyCell's noise.** Inside :class:`InitialStateRNN`, in training, the noise of all
+steps is drawn at once before the recurrence (one float32 draw, scaled by each cell's
+sigma) and handed to each :class:`NoisyCell` as extra input columns, its own per
+direction; the loop draws nothing, so it runs on every backend (JAX's ``lax.scan``
+included). Keras's ``RNN`` takes one sequence tensor, so a bare
+``keras.layers.RNN(NoisyCell(...))`` draws per step instead, which works on TensorFlow
+and PyTorch; on JAX a ``SeedGenerator`` cannot advance between scan steps, so its
+training raises ``NotImplementedError`` naming the wrapper. A bare ``Bidirectional``
+builds both directions from one config, so a seeded cell gives them one noise stream.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -90,9 +70,9 @@ except ModuleNotFoundError as _error:  # say which extra installs it
 from reference_impl import STRATEGIES, spec
 
 try:
-    # Keras's RNN prepares dropout masks before its loop (outside ``while_loop`` /
-    # ``scan``) only for cells that carry this mixin; NoisyCell carries it and forwards
-    # the calls, so a wrapped cell's dropout keeps working.
+    # Keras's RNN prepares dropout masks before its loop only for cells carrying this
+    # mixin, which Keras 3.15 does not export (no ``keras.layers.DropoutRNNCell``): the
+    # module's one private import. NoisyCell carries it and forwards to its cell.
     from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell as _DropoutMixin
 except ImportError:  # pragma: no cover - a Keras without the mixin
 
@@ -103,78 +83,68 @@ except ImportError:  # pragma: no cover - a Keras without the mixin
 __all__ = ["STRATEGIES", "InitialState", "InitialStateRNN", "NoisyCell"]
 
 _PACKAGE = "reference_impl"
-# Keyword arguments that belong to ``keras.layers.Layer``; every other keyword of
-# InitialState/InitialStateRNN is a strategy option, validated by ``spec``.
+# Keywords of ``keras.layers.Layer``; every other keyword is a strategy option.
 _LAYER_KWARGS = ("name", "dtype", "trainable", "autocast", "activity_regularizer")
-# Draw in float32 and cast, so one seed gives the same numbers under mixed
-# precision as in float32, up to rounding.
+# Draw in float32 and cast: one seed gives the same numbers under mixed precision.
 _DRAW_DTYPE = "float32"
 
 
 def _split_layer_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    layer_kwargs = {k: v for k, v in kwargs.items() if k in _LAYER_KWARGS}
-    options = {k: v for k, v in kwargs.items() if k not in _LAYER_KWARGS}
-    return layer_kwargs, options
+    layer = {k: v for k, v in kwargs.items() if k in _LAYER_KWARGS}
+    return layer, {k: v for k, v in kwargs.items() if k not in _LAYER_KWARGS}
 
 
 def _cell_kind(cell: object) -> str | None:
     """``"gru"``, ``"lstm"`` or ``"rnn"`` for a built-in Keras cell, else ``None``."""
-    if isinstance(cell, keras.layers.LSTMCell):
-        return "lstm"
-    if isinstance(cell, keras.layers.GRUCell):
-        return "gru"
-    if isinstance(cell, keras.layers.SimpleRNNCell):
-        return "rnn"
-    return None
+    kinds = {"lstm": keras.layers.LSTMCell, "gru": keras.layers.GRUCell}
+    kinds["rnn"] = keras.layers.SimpleRNNCell
+    return next((kind for kind, cls in kinds.items() if isinstance(cell, cls)), None)
 
 
 def _component_seed(seed: int | None, index: int) -> int | None:
-    # One independent, reproducible seed per stored vector (h0, c0), so that h0 and
-    # c0 drawn from the same seed are not the same numbers.
+    # One independent, reproducible seed per stored vector, so h0 and c0 differ.
     if seed is None:
         return None
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0]) & 0x7FFFFFFF
 
 
-def _checked_initializer(init: Callable, name: str) -> Callable:
-    def initializer(shape: tuple[int, ...], dtype: Any = None) -> Any:
+def _initializer(init: float | Callable | None, seed: int | None, index: int, name: str) -> Any:
+    """The Keras initializer for ``plan.vector_init``: zeros, ``U(-b, b)`` or the user's."""
+    if init is None:
+        return "zeros"
+    if not callable(init):
+        return keras.initializers.RandomUniform(-init, init, seed=_component_seed(seed, index))
+
+    def checked(shape: tuple[int, ...], dtype: Any = None) -> Any:
         value = init(shape, dtype=dtype)
         got = tuple(int(d) for d in ops.shape(value))
         if got != tuple(shape):
             raise ValueError(f"init returned shape {got} for {name}; expected {tuple(shape)}")
         return value
 
-    return initializer
+    return checked
 
 
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False; got {value!r}")
-    return bool(value)
+def _std_weight(layer: keras.layers.Layer, rule: spec.NoiseStd) -> Any:
+    """The scalar ``std_raw`` of a noise rule; float32 even under mixed precision."""
+    initializer = keras.initializers.Constant(rule.raw())
+    return layer.add_weight(
+        shape=(), initializer=initializer, trainable=rule.learnable, autocast=False, name="std_raw"
+    )
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class InitialState(keras.layers.Layer):
     """Produces the initial state of a Keras recurrent layer with one strategy.
 
-    Called on the layer's input (``(batch, time, features)``, or anything whose first
-    dimension is the batch), it returns the list that ``GRU``/``LSTM``/``SimpleRNN``/
-    ``RNN`` take as ``initial_state=`` (``[h]``, or ``[h, c]`` for an LSTM; with
-    ``bidirectional=True`` the forward states then the backward ones), each
-    ``(batch, units)`` in the layer's compute dtype. The batch may be unknown until
-    the model runs.
-
-    Args:
-        strategy: one of :data:`~reference_impl.STRATEGIES`.
-        units: the recurrent layer's units.
-        cell: ``"gru"``, ``"lstm"`` or ``"rnn"`` (``SimpleRNN``).
-        bidirectional: one state per direction, for ``keras.layers.Bidirectional``.
-        **options: the strategy's options (see :data:`reference_impl.spec.OPTIONS`):
-            ``bound`` (uniform), ``gain`` (xavier), ``resample`` (uniform, xavier),
-            ``init`` (learnable: ``"zeros"``, ``"uniform"``, ``"xavier"`` or a Keras
-            initializer), ``noise_std``, ``learnable_std``, ``min_std``, ``base``
-            (noisy), ``seed`` (random ones); and the usual layer keywords ``name``,
-            ``dtype``, ``trainable``.
+    Called on the layer's input (first dimension the batch, which may be unknown until
+    the model runs), it returns the ``initial_state=`` list of the module notes, each
+    ``(batch, units)`` in the layer's compute dtype. ``strategy`` is a name of
+    :data:`~reference_impl.STRATEGIES` with its options as keywords
+    (:data:`reference_impl.spec.OPTIONS`), or a :class:`reference_impl.spec.Strategy`
+    value; ``cell`` is ``"gru"``, ``"lstm"`` or ``"rnn"`` (``SimpleRNN``);
+    ``bidirectional=True`` gives one state per direction; ``name``, ``dtype`` and
+    ``trainable`` are the usual layer keywords.
 
     >>> import numpy as np
     >>> import keras
@@ -191,7 +161,7 @@ class InitialState(keras.layers.Layer):
 
     def __init__(
         self,
-        strategy: str,
+        strategy: str | spec.Strategy,
         *,
         units: int,
         cell: str = "gru",
@@ -200,81 +170,34 @@ class InitialState(keras.layers.Layer):
     ) -> None:
         layer_kwargs, options = _split_layer_kwargs(kwargs)
         super().__init__(**layer_kwargs)
-        self.strategy = spec.check_strategy(strategy)
+        spec.check_strategy(strategy)
         self.cell = spec.check_cell(cell)
         self.units = spec.check_positive_int("units", units)
-        self.bidirectional = _check_bool("bidirectional", bidirectional)
+        self.bidirectional = spec.check_bool("bidirectional", bidirectional)
         self.directions = 2 if self.bidirectional else 1
         self.features = spec.component_features(self.cell, self.units)
         if isinstance(options.get("init"), dict):  # a serialized Keras initializer
             options["init"] = keras.saving.deserialize_keras_object(options["init"])
-        self.options = spec.resolve_options(self.strategy, options)
-        # A mask on the input says nothing about the state; accept it and drop it.
-        self.supports_masking = True
-
-        opts = self.options
+        self.plan = plan = spec.make(strategy, **options)
+        self.strategy, self.options = plan.name, plan.options()
+        self.supports_masking = True  # a mask on the input is about time steps: dropped
         self.seed_generator = None
-        if strategy == "noisy" or (strategy in ("uniform", "xavier") and opts["resample"]):
+        if plan.source == "draw" or plan.noise is not None:
             # Per-call draws; a layer attribute so that it works under jit and on JAX.
-            self.seed_generator = keras.random.SeedGenerator(opts["seed"])
-
-        # All weights are created here: none depends on the input shape, and a
-        # schedule (set_noise_std) or a weight transfer can then happen before any call.
-        if self._has_learnable_base():
-            init = opts["init"] if strategy == "learnable" else "zeros"
-            for i, name in enumerate(self._vector_names()):
-                self._add_vector(name, self._initializer(init, i, name), trainable=True)
-        elif strategy in ("uniform", "xavier") and not opts["resample"]:
-            # Sampled once, stored (saved with the model, not trained), broadcast.
-            for i, name in enumerate(self._vector_names()):
-                self._add_vector(name, self._initializer(strategy, i, name), trainable=False)
-        if strategy == "noisy":
-            if opts["learnable_std"]:
-                raw = spec.inverse_softplus(opts["noise_std"] - opts["min_std"])
-            else:
-                raw = opts["noise_std"]
-            self.std_raw = self.add_weight(
-                shape=(),
-                initializer=keras.initializers.Constant(raw),
-                trainable=opts["learnable_std"],
-                autocast=False,  # sigma stays float32 under mixed precision
-                name="std_raw",
-            )
+            self.seed_generator = keras.random.SeedGenerator(plan.seed)
+        # All weights are made here (none depends on the input), so a schedule or a
+        # weight transfer can happen before any call.
+        for i, (name, n) in enumerate(zip(self._vector_names(), self.features, strict=True)):
+            if plan.source in ("stored", "param"):
+                init = _initializer(plan.vector_init(n), plan.seed, i, name)
+                kind = {"shape": (self.directions, n), "trainable": plan.source == "param"}
+                setattr(self, name, self.add_weight(initializer=init, name=name, **kind))
+        if plan.noise is not None:
+            self.std_raw = _std_weight(self, plan.noise)
         self.built = True
-
-    # ------------------------------------------------------------------ helpers
 
     def _vector_names(self) -> tuple[str, ...]:
         return ("h0", "c0")[: len(self.features)]
-
-    def _has_learnable_base(self) -> bool:
-        return self.strategy == "learnable" or (
-            self.strategy == "noisy" and self.options["base"] == "learnable"
-        )
-
-    def _bound(self, strategy: str, features: int) -> float:
-        if strategy == "uniform":
-            return spec.uniform_bound(features, self.options.get("bound"))
-        return spec.xavier_bound(features, self.options.get("gain", 1.0))
-
-    def _initializer(self, init: str | Callable, index: int, name: str) -> Any:
-        if callable(init):
-            return _checked_initializer(init, name)
-        if init == "zeros":
-            return "zeros"
-        b = self._bound(init, self.features[index])
-        seed = _component_seed(self.options["seed"], index)
-        return keras.initializers.RandomUniform(-b, b, seed=seed)
-
-    def _add_vector(self, name: str, initializer: Any, trainable: bool) -> None:
-        index = self._vector_names().index(name)
-        var = self.add_weight(
-            shape=(self.directions, self.features[index]),
-            initializer=initializer,
-            trainable=trainable,
-            name=name,
-        )
-        setattr(self, name, var)
 
     @property
     def state_names(self) -> list[str]:
@@ -284,14 +207,15 @@ class InitialState(keras.layers.Layer):
             return names
         return [f"{n}_{d}" for d in ("forward", "backward") for n in names]
 
+    def _noise_rule(self) -> spec.NoiseStd:
+        if self.plan.noise is None:
+            raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
+        return self.plan.noise
+
     @property
     def noise_std(self) -> Any:
         """The current noise standard deviation (noisy strategy), a scalar tensor."""
-        if self.strategy != "noisy":
-            raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
-        if self.options["learnable_std"]:
-            return self.options["min_std"] + ops.softplus(self.std_raw)
-        return ops.convert_to_tensor(self.std_raw)
+        return ops.convert_to_tensor(self._noise_rule().from_raw(self.std_raw, ops.softplus))
 
     def set_noise_std(self, value: float) -> None:
         """Set sigma (for a schedule); a learnable sigma is re-parametrized to ``value``.
@@ -304,15 +228,8 @@ class InitialState(keras.layers.Layer):
         >>> round(float(init.noise_std), 6)
         0.1
         """
-        if self.strategy != "noisy":
-            raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
-        spec.check_noise_std(value, self.options["learnable_std"], self.options["min_std"])
-        if self.options["learnable_std"]:
-            self.std_raw.assign(spec.inverse_softplus(value - self.options["min_std"]))
-        else:
-            self.std_raw.assign(float(value))
-
-    # ------------------------------------------------------------------ call
+        raw = self._noise_rule().raw(value)  # checked first, and only noisy has std_raw
+        self.std_raw.assign(raw)
 
     def get_initial_state(self, batch_size: Any, training: bool = False) -> list[Any]:
         """The list of initial states for ``batch_size`` rows (an int or a scalar tensor).
@@ -321,27 +238,24 @@ class InitialState(keras.layers.Layer):
         >>> [tuple(s.shape) for s in init.get_initial_state(2)]
         [(2, 3), (2, 3), (2, 3), (2, 3)]
         """
-        dtype = self.compute_dtype
-        opts, strategy = self.options, self.strategy
-        std = self.noise_std if strategy == "noisy" and training else None
+        plan, dtype = self.plan, self.compute_dtype
+        # Noise in training whatever sigma is now: a schedule may raise it from 0.
+        std = ops.cast(self.noise_std, _DRAW_DTYPE) if training and plan.noise else None
         states = []
         for d in range(self.directions):
             for name, features in zip(self._vector_names(), self.features, strict=True):
                 shape = (batch_size, features)
-                if strategy == "zero" or (strategy == "noisy" and opts["base"] == "zero"):
+                if plan.source == "zeros":
                     state = ops.zeros(shape, dtype=dtype)
-                elif strategy in ("uniform", "xavier") and opts["resample"]:
-                    b = self._bound(strategy, features)
-                    u = keras.random.uniform(
-                        shape, -b, b, dtype=_DRAW_DTYPE, seed=self.seed_generator
-                    )
+                elif plan.source == "draw":
+                    b = plan.draw_bound(features)
+                    u = keras.random.uniform(shape, -b, b, _DRAW_DTYPE, seed=self.seed_generator)
                     state = ops.cast(u, dtype)
-                else:  # a learnable or stored vector, broadcast over the batch
-                    vec = ops.cast(getattr(self, name)[d : d + 1], dtype)
-                    state = ops.broadcast_to(vec, shape)
+                else:  # "stored" or "param": one vector per direction, broadcast
+                    state = ops.broadcast_to(ops.cast(getattr(self, name)[d : d + 1], dtype), shape)
                 if std is not None:
-                    noise = keras.random.normal(shape, dtype=_DRAW_DTYPE, seed=self.seed_generator)
-                    state = state + ops.cast(ops.cast(std, _DRAW_DTYPE) * noise, dtype)
+                    eps = keras.random.normal(shape, dtype=_DRAW_DTYPE, seed=self.seed_generator)
+                    state = state + ops.cast(std * eps, dtype)
                 states.append(state)
         return states
 
@@ -357,8 +271,7 @@ class InitialState(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: tuple) -> list[tuple]:
         """One ``(batch, features)`` shape per returned state."""
-        batch = input_shape[0]
-        return [(batch, f) for _ in range(self.directions) for f in self.features]
+        return [(input_shape[0], f) for _ in range(self.directions) for f in self.features]
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> list[None]:
         """No mask on the states: a mask on the input is about time steps."""
@@ -372,15 +285,10 @@ class InitialState(keras.layers.Layer):
         return opts
 
     def get_config(self) -> dict[str, Any]:
-        """The layer config: constructor arguments, JSON-serializable."""
+        """The layer config: constructor arguments (the strategy as name and options)."""
         config = super().get_config()
-        config.update(
-            strategy=self.strategy,
-            units=self.units,
-            cell=self.cell,
-            bidirectional=self.bidirectional,
-            **self.options_config(),
-        )
+        config.update(strategy=self.strategy, units=self.units, cell=self.cell)
+        config.update(bidirectional=self.bidirectional, **self.options_config())
         return config
 
 
@@ -392,20 +300,23 @@ _SUPPORTED = (
 )
 
 
+def _directions(layer: object) -> list[Any]:
+    """The recurrent layer of each direction: ``[layer]``, or forward and backward."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        return [layer.forward_layer, layer.backward_layer]
+    return [layer]
+
+
 def _describe_rnn(layer: object) -> tuple[str, int]:
     if not isinstance(layer, keras.layers.RNN):
-        hint = ""
-        if _cell_kind(layer) is not None or isinstance(layer, NoisyCell):
-            hint = " (a single cell: wrap it in keras.layers.RNN first)"
+        single = _cell_kind(layer) is not None or isinstance(layer, NoisyCell)
+        hint = " (a single cell: wrap it in keras.layers.RNN first)" if single else ""
         raise TypeError(f"InitialStateRNN wraps {_SUPPORTED}; got {type(layer).__name__}{hint}")
-    cell = layer.cell
-    if isinstance(cell, NoisyCell):
-        cell = cell.cell
+    cell = layer.cell.cell if isinstance(layer.cell, NoisyCell) else layer.cell
     kind = _cell_kind(cell)
     if kind is None:
-        hint = ""
-        if isinstance(cell, keras.layers.StackedRNNCells):
-            hint = " (stacked cells: give each layer its own InitialStateRNN)"
+        stacked = isinstance(cell, keras.layers.StackedRNNCells)
+        hint = " (stacked cells: give each layer its own InitialStateRNN)" if stacked else ""
         raise TypeError(
             f"InitialStateRNN wraps {_SUPPORTED}; got {type(layer).__name__} with cell "
             f"{type(cell).__name__}{hint}"
@@ -420,16 +331,33 @@ def _describe_rnn(layer: object) -> tuple[str, int]:
 
 def _describe(layer: object) -> tuple[str, int, bool]:
     """``(cell kind, units, bidirectional)`` of a supported layer, else raise."""
-    if isinstance(layer, keras.layers.Bidirectional):
-        forward = _describe_rnn(layer.forward_layer)
-        backward = _describe_rnn(layer.backward_layer)
-        if forward != backward:
-            raise ValueError(
-                f"the forward and backward layers of {layer.name!r} differ (cell, units) "
-                f"{forward} vs {backward}; InitialStateRNN needs the same in both"
-            )
-        return (*forward, True)
-    return (*_describe_rnn(layer), False)
+    found = [_describe_rnn(x) for x in _directions(layer)]
+    if len(found) == 2 and found[0] != found[1]:
+        raise ValueError(
+            f"the forward and backward layers of {layer.name!r} differ (cell, units) "
+            f"{found[0]} vs {found[1]}; InitialStateRNN needs the same in both"
+        )
+    return (*found[0], len(found) == 2)
+
+
+def _append_noise(sequences: Any, cells: list[NoisyCell]) -> Any:
+    """``sequences`` with every cell's scaled noise for every step appended as features.
+
+    One float32 draw from the first cell's generator covers all cells, so the two
+    directions of a ``Bidirectional`` get different noise even when seeded. Each cell
+    is told its columns (Python ints, static under tracing); the caller clears them.
+    """
+    batch, time = ops.shape(sequences)[0], ops.shape(sequences)[1]
+    features, dtype = sequences.shape[-1], keras.backend.standardize_dtype(sequences.dtype)
+    width = sum(cell.noise_size for cell in cells)
+    eps = keras.random.normal((batch, time, width), dtype=_DRAW_DTYPE, seed=cells[0].seed_generator)
+    parts, start = [sequences], 0
+    for cell in cells:
+        std = ops.cast(cell.noise_std, _DRAW_DTYPE)
+        parts.append(ops.cast(std * eps[..., start : start + cell.noise_size], dtype))
+        cell._noise_columns = (features, features + start)
+        start += cell.noise_size
+    return ops.concatenate(parts, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -437,18 +365,14 @@ class InitialStateRNN(keras.layers.Wrapper):
     """Wraps a Keras recurrent layer and gives it an initial-state strategy.
 
     ``layer(x)`` returns what the wrapped layer returns (``return_sequences``,
-    ``return_state``, ``go_backwards`` and masks behave as in the wrapped layer), with
-    the state made by ``layer.initial_state`` (an :class:`InitialState`);
+    ``return_state``, ``go_backwards`` and masks behave as in the wrapped layer), started
+    from the state of ``layer.initial_state`` (an :class:`InitialState`);
     ``layer(x, initial_state=states)`` uses ``states`` as given (checked for count and
-    shape). The wrapped layer runs once over the whole sequence (cuDNN on GPU).
-
-    Args:
-        layer: a ``GRU``, ``LSTM``, ``SimpleRNN``, ``RNN`` of a built-in cell or of a
-            :class:`NoisyCell`, or ``Bidirectional`` of one of these (one state per
-            direction). Not stateful.
-        strategy: one of :data:`~reference_impl.STRATEGIES`; ``"learnable"`` by default.
-        **options: the strategy's options, as for :class:`InitialState`, and the layer
-            keywords ``name``, ``dtype`` (by default the wrapped layer's), ``trainable``.
+    shape). The wrapped layer runs once over the whole sequence (cuDNN on GPU); the noise
+    of a wrapped :class:`NoisyCell` is drawn here, for all steps at once. ``layer`` is a
+    ``GRU``, ``LSTM``, ``SimpleRNN``, ``RNN`` of a built-in cell or of a
+    :class:`NoisyCell`, or ``Bidirectional`` of one of these, not stateful; ``strategy``
+    and its options are as for :class:`InitialState` (``dtype`` defaults to the layer's).
 
     >>> import numpy as np
     >>> import keras
@@ -463,21 +387,18 @@ class InitialStateRNN(keras.layers.Wrapper):
     [('c0', (1, 32)), ('h0', (1, 32))]
     """
 
-    def __init__(self, layer: keras.layers.Layer, strategy: str = "learnable", **kwargs: Any):
+    def __init__(
+        self, layer: keras.layers.Layer, strategy: str | spec.Strategy = "learnable", **kwargs: Any
+    ):
         layer_kwargs, options = _split_layer_kwargs(kwargs)
         kind, units, bidirectional = _describe(layer)
         layer_kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **layer_kwargs)
+        sizes = {"units": units, "cell": kind, "bidirectional": bidirectional}
         # Under this layer's name, so the weights read "<this layer>/initial_state/h0".
         with keras.name_scope(self.name):
             self.initial_state = InitialState(
-                strategy,
-                units=units,
-                cell=kind,
-                bidirectional=bidirectional,
-                dtype=self.dtype_policy,
-                name="initial_state",
-                **options,
+                strategy, name="initial_state", dtype=self.dtype_policy, **sizes, **options
             )
         self.supports_masking = True
 
@@ -502,22 +423,20 @@ class InitialStateRNN(keras.layers.Wrapper):
         return self.layer.return_state
 
     def build(self, sequences_shape: tuple, initial_state_shape: Any = None) -> None:
-        """Build the wrapped layer (the initial state has no input-dependent weights)."""
+        """Build the wrapped layer, for the input without noise columns."""
         if not self.layer.built:
             self.layer.build(sequences_shape)
         self.built = True
 
     def _check_state(self, state: Any, sequences: Any) -> list[Any]:
-        init = self.initial_state
-        names = init.state_names
+        init, names, batch = self.initial_state, self.initial_state.state_names, sequences.shape[0]
         parts = list(state) if isinstance(state, (list, tuple)) else [state]
-        expected = ", ".join(f"{n}: (batch, {init.units})" for n in names)
         if len(parts) != len(names):
+            expected = ", ".join(f"{n}: (batch, {init.units})" for n in names)
             raise ValueError(
                 f"explicit initial_state has {len(parts)} tensor(s); expected "
                 f"{len(names)} ({expected})"
             )
-        batch = sequences.shape[0]
         for name, part in zip(names, parts, strict=True):
             if not hasattr(part, "shape"):
                 raise TypeError(
@@ -534,11 +453,7 @@ class InitialStateRNN(keras.layers.Wrapper):
         return parts
 
     def call(
-        self,
-        sequences: Any,
-        initial_state: Any = None,
-        mask: Any = None,
-        training: bool | None = None,
+        self, sequences: Any, initial_state: Any = None, mask: Any = None, training: Any = None
     ) -> Any:
         """Run the wrapped layer from the strategy's state, or from ``initial_state``."""
         if initial_state is None:
@@ -553,7 +468,15 @@ class InitialStateRNN(keras.layers.Wrapper):
             kwargs["mask"] = mask
         if self.layer._call_has_training_arg:
             kwargs["training"] = training
-        return self.layer(sequences, **kwargs)
+        noisy = [x.cell for x in _directions(self.layer) if isinstance(x.cell, NoisyCell)]
+        noisy = noisy if training else []
+        try:
+            if noisy:
+                sequences = _append_noise(sequences, noisy)
+            return self.layer(sequences, **kwargs)
+        finally:
+            for cell in noisy:
+                cell._noise_columns = None
 
     def compute_output_shape(self, sequences_shape: tuple, initial_state_shape: Any = None) -> Any:
         """The wrapped layer's output shape."""
@@ -574,21 +497,30 @@ class InitialStateRNN(keras.layers.Wrapper):
 # --------------------------------------------------------------------------- cell
 
 
+def _forward_to_cell(method: str) -> Callable[..., Any]:
+    def forward(self: NoisyCell, *args: Any) -> Any:
+        cell = self.cell
+        return getattr(cell, method)(*args) if isinstance(cell, _DropoutMixin) else None
+
+    forward.__doc__ = f"The wrapped cell's ``{method}`` (a no-op for a cell without dropout)."
+    return forward
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NoisyCell(keras.layers.Layer, _DropoutMixin):
     """Per-step state noise around ``GRUCell``, ``LSTMCell`` or ``SimpleRNNCell``.
 
-    Use it inside ``keras.layers.RNN``. In training (``training=True``, as in
-    ``model.fit``) every step adds ``N(0, noise_std^2)`` noise to each carried state
-    component before the wrapped cell reads it (so the initial state gets noise too);
+    Use it as ``InitialStateRNN(keras.layers.RNN(NoisyCell(cell)), strategy="zero")``
+    (any strategy; a bare ``RNN`` of it does not train on JAX, see the module notes):
+    in training every step adds ``N(0, noise_std^2)`` noise to each carried state
+    component before the wrapped cell reads it (the initial state included);
     otherwise the step is exactly the wrapped cell's. ``learnable_std=True`` makes
-    sigma a weight, ``min_std + softplus(rho)``, positive by construction. Dropout of
-    the wrapped cell keeps working. Training-mode noise needs the TensorFlow (or
-    PyTorch) backend; see the module notes on JAX.
+    sigma a weight, ``min_std + softplus(rho)``. The wrapped cell's dropout still works.
 
     >>> import numpy as np
     >>> import keras
-    >>> rnn = keras.layers.RNN(NoisyCell(keras.layers.GRUCell(32), noise_std=0.1))
+    >>> cell = NoisyCell(keras.layers.GRUCell(32), noise_std=0.1)
+    >>> rnn = InitialStateRNN(keras.layers.RNN(cell), strategy="zero")
     >>> x = np.ones((4, 20, 10), "float32")
     >>> tuple(rnn(x).shape)
     (4, 32)
@@ -612,27 +544,20 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
                 "NoisyCell wraps keras.layers.GRUCell, LSTMCell or SimpleRNNCell; "
                 f"got {type(cell).__name__}"
             )
-        learnable_std = _check_bool("learnable_std", learnable_std)
-        spec.check_noise_std(noise_std, learnable_std, min_std)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed must be an integer or None; got {seed!r}")
+        rule = spec.NoiseStd(noise_std, learnable_std, min_std)  # validated, as everywhere
+        seed = spec.check_seed(seed)
         kwargs.setdefault("dtype", cell.dtype_policy)
         super().__init__(**kwargs)
-        self.cell = cell
-        self.kind = kind
-        self.initial_noise_std = float(noise_std)
-        self.learnable_std = learnable_std
-        self.min_std = float(min_std)
-        self.seed = None if seed is None else int(seed)
-        self.seed_generator = keras.random.SeedGenerator(self.seed)
-        raw = spec.inverse_softplus(noise_std - min_std) if learnable_std else float(noise_std)
-        self.std_raw = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(raw),
-            trainable=learnable_std,
-            autocast=False,
-            name="std_raw",
+        self.cell, self.kind, self.noise_rule, self.seed = cell, kind, rule, seed
+        self.initial_noise_std, self.learnable_std, self.min_std = (
+            rule.std,
+            rule.learnable,
+            rule.min_std,
         )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.std_raw = _std_weight(self, rule)
+        # (input features, first noise column) while InitialStateRNN hands in noise.
+        self._noise_columns: tuple[int, int] | None = None
 
     @property
     def state_size(self) -> Any:
@@ -645,19 +570,18 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
         return self.cell.output_size
 
     @property
+    def noise_size(self) -> int:
+        """Noise values per step and batch row: the sum of the state sizes."""
+        return int(np.sum(self.cell.state_size))
+
+    @property
     def noise_std(self) -> Any:
         """The current noise standard deviation, a scalar tensor."""
-        if self.learnable_std:
-            return self.min_std + ops.softplus(self.std_raw)
-        return ops.convert_to_tensor(self.std_raw)
+        return ops.convert_to_tensor(self.noise_rule.from_raw(self.std_raw, ops.softplus))
 
     def set_noise_std(self, value: float) -> None:
         """Set sigma (for a schedule); a learnable sigma is re-parametrized to ``value``."""
-        spec.check_noise_std(value, self.learnable_std, self.min_std)
-        if self.learnable_std:
-            self.std_raw.assign(spec.inverse_softplus(value - self.min_std))
-        else:
-            self.std_raw.assign(float(value))
+        self.std_raw.assign(self.noise_rule.raw(value))
 
     def build(self, input_shape: tuple) -> None:
         """Build the wrapped cell for one step's input shape."""
@@ -665,66 +589,55 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
             self.cell.build(input_shape)
         self.built = True
 
+    def _step_noise(self, inputs: Any, parts: list[Any]) -> tuple[Any, list[Any]]:
+        """The step input without noise columns, and each state component's noise."""
+        if self._noise_columns is not None:  # drawn and scaled before the loop
+            features, start = self._noise_columns
+            ends = [int(e) for e in np.cumsum([0, *np.ravel(self.cell.state_size)])]
+            noise = [inputs[..., start + a : start + b] for a, b in itertools.pairwise(ends)]
+            return inputs[..., :features], noise
+        if keras.backend.backend() == "jax":
+            raise NotImplementedError(
+                "NoisyCell cannot draw per-step noise in a bare keras.layers.RNN on the JAX "
+                "backend: Keras runs the loop as lax.scan, where a SeedGenerator cannot "
+                "advance between steps. Wrap the layer so the noise of all steps is drawn "
+                "before the loop: InitialStateRNN(keras.layers.RNN(NoisyCell(...)), "
+                'strategy="zero").'
+            )
+        std, seed = ops.cast(self.noise_std, _DRAW_DTYPE), self.seed_generator
+        draws = [keras.random.normal(ops.shape(s), dtype=_DRAW_DTYPE, seed=seed) for s in parts]
+        return inputs, [std * eps for eps in draws]
+
     def call(self, inputs: Any, states: Any, training: bool = False) -> Any:
         """One step: the wrapped cell on ``states`` plus noise in training, else unchanged."""
         nested = isinstance(states, (list, tuple))
         parts = list(states) if nested else [states]
-        if training:
-            if keras.backend.backend() == "jax":
-                raise NotImplementedError(
-                    "NoisyCell cannot draw per-step noise on the JAX backend: Keras runs "
-                    "the loop as lax.scan, where a SeedGenerator cannot advance between "
-                    "steps. Use the TensorFlow backend, or the 'noisy' initial-state "
-                    "strategy (noise on the initial state only), which works on JAX."
-                )
-            std = ops.cast(self.noise_std, _DRAW_DTYPE)
-            noisy = []
-            for s in parts:
-                noise = keras.random.normal(
-                    ops.shape(s), dtype=_DRAW_DTYPE, seed=self.seed_generator
-                )
-                noisy.append(s + ops.cast(std * noise, s.dtype))
-            parts = noisy
+        if training or self._noise_columns is not None:
+            inputs, noise = self._step_noise(inputs, parts)
+            parts = [s + ops.cast(n, s.dtype) for s, n in zip(parts, noise, strict=True)]
         return self.cell(inputs, parts if nested else parts[0], training=training)
 
     def get_initial_state(self, batch_size: Any = None) -> Any:
         """The wrapped cell's (zero) initial state."""
         return self.cell.get_initial_state(batch_size=batch_size)
 
-    # Keras's RNN calls these before and after its loop (see _DropoutMixin above).
+    # Keras's RNN calls these four before and after its loop (see _DropoutMixin above).
     def get_dropout_mask(self, step_input: Any) -> Any:
-        """The wrapped cell's input dropout mask (prepared before the loop)."""
-        if isinstance(self.cell, _DropoutMixin):
-            return self.cell.get_dropout_mask(step_input)
-        return None
+        """The wrapped cell's input dropout mask, for the input without noise columns."""
+        if self._noise_columns is not None:
+            step_input = step_input[..., : self._noise_columns[0]]
+        return _forward_to_cell("get_dropout_mask")(self, step_input)
 
-    def get_recurrent_dropout_mask(self, step_input: Any) -> Any:
-        """The wrapped cell's recurrent dropout mask (prepared before the loop)."""
-        if isinstance(self.cell, _DropoutMixin):
-            return self.cell.get_recurrent_dropout_mask(step_input)
-        return None
-
-    def reset_dropout_mask(self) -> None:
-        """Forget the wrapped cell's input dropout mask (after the loop)."""
-        if isinstance(self.cell, _DropoutMixin):
-            self.cell.reset_dropout_mask()
-
-    def reset_recurrent_dropout_mask(self) -> None:
-        """Forget the wrapped cell's recurrent dropout mask (after the loop)."""
-        if isinstance(self.cell, _DropoutMixin):
-            self.cell.reset_recurrent_dropout_mask()
+    get_recurrent_dropout_mask = _forward_to_cell("get_recurrent_dropout_mask")
+    reset_dropout_mask = _forward_to_cell("reset_dropout_mask")
+    reset_recurrent_dropout_mask = _forward_to_cell("reset_recurrent_dropout_mask")
 
     def get_config(self) -> dict[str, Any]:
         """The layer config: constructor arguments, JSON-serializable."""
         config = super().get_config()
-        config.update(
-            cell=keras.saving.serialize_keras_object(self.cell),
-            noise_std=self.initial_noise_std,
-            learnable_std=self.learnable_std,
-            min_std=self.min_std,
-            seed=self.seed,
-        )
-        return config
+        rule, cell = self.noise_rule, keras.saving.serialize_keras_object(self.cell)
+        config.update(noise_std=rule.std, learnable_std=rule.learnable, min_std=rule.min_std)
+        return {**config, "cell": cell, "seed": self.seed}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> NoisyCell:

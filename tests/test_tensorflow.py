@@ -4,7 +4,7 @@ test_tensorflow_models.py."""
 
 from __future__ import annotations
 
-import math
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -396,10 +396,138 @@ def test_noisy_cell_rejects_bad_input():
         ri.NoisyCell(keras.layers.GRUCell(3), seed="1")
 
 
-def test_bounds_match_spec_numbers():
-    # The layer's bound for each strategy is spec's, for odd sizes too.
-    for units in (1, 7, 100):
-        init = ri.InitialState("xavier", units=units)
-        assert init._bound("xavier", units) == spec.xavier_bound(units)
-        assert spec.xavier_bound(units) == pytest.approx(math.sqrt(3 / units))
-        assert init._bound("uniform", units) == spec.uniform_bound(units)
+def test_a_strategy_value_is_the_same_as_its_name_and_options():
+    plan = spec.make("uniform", bound=0.2, resample=False, seed=3)
+    by_value = ri.InitialState(plan, units=5, cell="lstm", name="s")
+    by_name = ri.InitialState(
+        "uniform", units=5, cell="lstm", bound=0.2, resample=False, seed=3, name="s"
+    )
+    assert by_value.plan == by_name.plan == plan
+    assert by_value.strategy == "uniform" and by_value.options == plan.options()
+    for a, b in zip(by_value.weights, by_name.weights, strict=True):
+        np.testing.assert_array_equal(a, b)  # the same draws
+    assert by_value.get_config() == by_name.get_config()  # serialized as name and options
+    wrapper = ri.InitialStateRNN(keras.layers.GRU(3), spec.make("noisy", noise_std=0.3))
+    assert wrapper.strategy == "noisy"
+    assert float(wrapper.initial_state.noise_std) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=r"is already a value; options \['seed'\] belong in it"):
+        ri.InitialState(plan, units=5, seed=1)
+
+
+# --------------------------------------------------------------------------- configs
+
+# A value other than the default for every option of every strategy, and of the layers.
+NON_DEFAULT = {
+    "seed": [5],
+    "bound": [0.3],
+    "gain": [2.5],
+    "resample": [False],
+    "init": ["uniform", "xavier", lambda: keras.initializers.Constant(0.25)],
+    "noise_std": [0.37],
+    "learnable_std": [True],
+    "min_std": [0.05],
+    "base": ["learnable"],
+}
+OPTION_CASES = [
+    (strategy, option, value)
+    for strategy, options in spec.OPTIONS.items()
+    for option in options
+    for value in NON_DEFAULT[option]
+]
+
+
+def case_id(case) -> str:
+    strategy, option, value = case
+    return f"{strategy}-{option}-{value if not callable(value) else 'initializer'}"
+
+
+def fresh(value):
+    return value() if callable(value) else value
+
+
+def assert_same_options(clone_options: dict, options: dict) -> None:
+    assert list(clone_options) == list(options)
+    for key, value in options.items():
+        got = clone_options[key]
+        if isinstance(value, keras.initializers.Initializer):
+            assert type(got) is type(value) and got.get_config() == value.get_config()
+        else:
+            assert got == value and type(got) is type(value), key
+
+
+def from_json_config(layer):
+    """``cls.from_config`` of the layer's config through JSON: no weights involved."""
+    config = json.loads(json.dumps(layer.get_config()))
+    return type(layer).from_config(config)
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=case_id)
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_initial_state_config_keeps_every_option(case, cell):
+    strategy, option, value = case
+    layer = ri.InitialState(
+        strategy, units=7, cell=cell, bidirectional=True, **{option: fresh(value)}
+    )
+    clone = from_json_config(layer)
+    assert (clone.strategy, clone.units, clone.cell, clone.bidirectional) == (
+        strategy,
+        7,
+        cell,
+        True,
+    )
+    default = spec.OPTIONS[strategy][option]
+    assert layer.options[option] != default and clone.plan.source == layer.plan.source
+    assert_same_options(clone.options, layer.options)
+    if strategy == "noisy":  # the fresh weight holds the configured sigma
+        assert float(clone.noise_std) == pytest.approx(float(layer.noise_std), rel=1e-6)
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=case_id)
+def test_initial_state_rnn_config_keeps_every_option(case):
+    strategy, option, value = case
+    inner = keras.layers.Bidirectional(keras.layers.LSTM(7, return_sequences=True))
+    layer = ri.InitialStateRNN(inner, strategy, **{option: fresh(value)})
+    clone = from_json_config(layer)
+    assert clone.strategy == strategy
+    init = clone.initial_state
+    assert (init.units, init.cell, init.bidirectional) == (7, "lstm", True)
+    assert_same_options(init.options, layer.initial_state.options)
+    assert clone.layer.get_config() == layer.layer.get_config()
+
+
+@pytest.mark.parametrize(
+    "make_cell",
+    [
+        lambda: keras.layers.GRUCell(7, dropout=0.25, reset_after=False),
+        lambda: keras.layers.LSTMCell(7, recurrent_dropout=0.1),
+        lambda: keras.layers.SimpleRNNCell(7, activation="relu"),
+    ],
+    ids=["gru", "lstm", "rnn"],
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"noise_std": 0.37},
+        {"learnable_std": True},
+        {"min_std": 0.05},
+        {"seed": 11},
+        {"noise_std": 0.37, "learnable_std": True, "min_std": 0.05, "seed": 11},
+    ],
+    ids=["noise_std", "learnable_std", "min_std", "seed", "all"],
+)
+def test_noisy_cell_config_keeps_every_option(make_cell, options):
+    cell = ri.NoisyCell(make_cell(), **options)
+    wrapped = ri.InitialStateRNN(keras.layers.RNN(cell), "zero")
+    for clone in (from_json_config(cell), from_json_config(wrapped).layer.cell):
+        assert clone.noise_rule == cell.noise_rule
+        assert (clone.initial_noise_std, clone.learnable_std, clone.min_std, clone.seed) == (
+            cell.initial_noise_std,
+            cell.learnable_std,
+            cell.min_std,
+            cell.seed,
+        )
+        for key, value in options.items():
+            assert clone.get_config()[key] == value
+        assert type(clone.cell) is type(cell.cell)
+        assert clone.cell.get_config() == cell.cell.get_config()
+        assert float(clone.noise_std) == pytest.approx(float(cell.noise_std), rel=1e-6)

@@ -21,6 +21,7 @@ tf = pytest.importorskip("tensorflow")
 if keras.backend.backend() != "tensorflow":  # pragma: no cover
     pytest.skip("these tests need the TensorFlow backend", allow_module_level=True)
 
+from reference_impl import spec  # noqa: E402
 from reference_impl import tensorflow as ri  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -418,11 +419,16 @@ def random_walk_cell(units: int = 4) -> keras.layers.SimpleRNNCell:
     )
 
 
-def test_noisy_cell_adds_independent_noise_at_every_step_in_training_only():
+def wrapped(rnn: keras.layers.Layer, style: str) -> keras.layers.Layer:
+    """``rnn`` alone (per-step draws) or in InitialStateRNN (noise drawn before the loop)."""
+    return rnn if style == "bare" else ri.InitialStateRNN(rnn, "zero")
+
+
+@pytest.mark.parametrize("style", ["bare", "wrapped"])
+def test_noisy_cell_adds_independent_noise_at_every_step_in_training_only(style):
     sigma, steps = 0.5, 5
-    rnn = keras.layers.RNN(
-        ri.NoisyCell(random_walk_cell(), noise_std=sigma, seed=0), return_sequences=True
-    )
+    cell = ri.NoisyCell(random_walk_cell(), noise_std=sigma, seed=0)
+    rnn = wrapped(keras.layers.RNN(cell, return_sequences=True), style)
     x = np.zeros((4000, steps, 2), "float32")
     y = np.asarray(tf.function(lambda x: rnn(x, training=True))(x))
     # step t has read t + 1 independent draws (the initial state's included)
@@ -432,10 +438,11 @@ def test_noisy_cell_adds_independent_noise_at_every_step_in_training_only():
     assert not np.asarray(rnn(x)).any()  # inference: exactly the (zero) walk
 
 
+@pytest.mark.parametrize("style", ["bare", "wrapped"])
 @pytest.mark.parametrize("make_cell", [keras.layers.GRUCell, keras.layers.LSTMCell])
-def test_noisy_cell_is_exactly_the_wrapped_cell_outside_training(make_cell):
+def test_noisy_cell_is_exactly_the_wrapped_cell_outside_training(make_cell, style):
     cell = make_cell(5)
-    noisy = keras.layers.RNN(ri.NoisyCell(cell, noise_std=1.0), return_state=True)
+    noisy = wrapped(keras.layers.RNN(ri.NoisyCell(cell, noise_std=1.0), return_state=True), style)
     bare = keras.layers.RNN(cell, return_state=True)  # shares the cell's weights
     x = X[:3, :6, :4]
     for a, b in zip(as_list(noisy(x)), as_list(bare(x)), strict=True):
@@ -457,9 +464,11 @@ def test_noisy_cell_lstm_noises_both_components():
     assert not np.allclose(h_n, h_c)  # and h, through the gates
 
 
-def test_noisy_cell_learnable_std_trains_and_stays_positive():
+@pytest.mark.parametrize("style", ["bare", "wrapped"])
+def test_noisy_cell_learnable_std_trains_and_stays_positive(style):
     cell = ri.NoisyCell(keras.layers.GRUCell(8), noise_std=0.3, learnable_std=True, min_std=0.02)
-    model = keras.Sequential([keras.Input((20, 10)), keras.layers.RNN(cell), keras.layers.Dense(5)])
+    rnn = wrapped(keras.layers.RNN(cell), style)
+    model = keras.Sequential([keras.Input((20, 10)), rnn, keras.layers.Dense(5)])
     model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean((model(X, training=True) - Y[:, -1]) ** 2)
@@ -473,14 +482,122 @@ def test_noisy_cell_learnable_std_trains_and_stays_positive():
     assert float(cell.noise_std) == pytest.approx(0.05, rel=1e-5)
 
 
-def test_noisy_cell_keeps_the_wrapped_cells_dropout_working_in_graph_mode():
+@pytest.mark.parametrize("style", ["bare", "wrapped"])
+def test_noisy_cell_keeps_the_wrapped_cells_dropout_working_in_graph_mode(style):
     cell = keras.layers.GRUCell(4, dropout=0.5, recurrent_dropout=0.5, seed=0)
-    rnn = keras.layers.RNN(ri.NoisyCell(cell, noise_std=0.1, seed=0))
+    rnn = wrapped(keras.layers.RNN(ri.NoisyCell(cell, noise_std=0.1, seed=0)), style)
     run = tf.function(lambda x: rnn(x, training=True))
     x = X[:8, :5, :3]
     a, b = np.asarray(run(x)), np.asarray(run(x))  # a second trace used to see a stale mask
     assert a.shape == (8, 4) and not np.allclose(a, b)
     assert cell._dropout_mask is None and cell._recurrent_dropout_mask is None
+
+
+def numpy_step(cell: keras.layers.Layer):
+    """One step of the Keras cell on numpy arrays, as ``spec.noisy_cell_step`` takes it."""
+
+    def step(x_t, state):
+        parts = state if isinstance(state, tuple) else (state,)
+        parts = [tf.constant(p, tf.float32) for p in parts]
+        out, new = cell(tf.constant(x_t, tf.float32), parts if len(parts) > 1 else parts[0])
+        new = tuple(np.asarray(n) for n in (new if isinstance(new, (list, tuple)) else [new]))
+        return np.asarray(out), new if len(new) > 1 else new[0]
+
+    return step
+
+
+@pytest.mark.parametrize(
+    ("make_cell", "go_backwards"),
+    [
+        (keras.layers.GRUCell, False),
+        (keras.layers.LSTMCell, True),
+        (keras.layers.SimpleRNNCell, False),
+    ],
+    ids=["gru", "lstm-backwards", "rnn"],
+)
+def test_predrawn_noise_steps_equal_the_spec_step(make_cell, go_backwards):
+    batch, steps, units, sigma, seed = 3, 5, 4, 0.3, 7
+    cell = make_cell(units)
+    noisy = ri.NoisyCell(cell, noise_std=sigma, seed=seed)
+    rnn = keras.layers.RNN(
+        noisy, return_sequences=True, return_state=True, go_backwards=go_backwards
+    )
+    layer = ri.InitialStateRNN(rnn, "zero")
+    x = X[:batch, :steps, :2]
+    got = as_list(layer(x, training=True))
+    # The noise of all steps is one standard-normal draw of (batch, time, components *
+    # units) from the cell's generator: a generator with the same seed gives it again.
+    width = noisy.noise_size
+    eps = keras.random.normal((batch, steps, width), seed=keras.random.SeedGenerator(seed))
+    eps = np.asarray(eps)
+    lstm = make_cell is keras.layers.LSTMCell
+    state = (np.zeros((batch, units)),) * 2 if lstm else np.zeros((batch, units))
+    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+    for k, t in enumerate(order):
+        noise = (eps[:, t, :units], eps[:, t, units:]) if lstm else eps[:, t]
+        out, state = spec.noisy_cell_step(numpy_step(cell), x[:, t], state, sigma, noise=noise)
+        np.testing.assert_allclose(got[0][:, k], out, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[1:], state if lstm else (state,), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_predrawn_noise_same_seed_same_numbers():
+    def run(seed):
+        keras.utils.set_random_seed(0)  # the same GRU weights every time
+        cell = ri.NoisyCell(keras.layers.GRUCell(4), noise_std=0.5, seed=seed)
+        layer = ri.InitialStateRNN(keras.layers.RNN(cell, return_sequences=True), "zero")
+        x = X[:4, :6, :3]
+        return [np.asarray(layer(x, training=True)) for _ in range(2)] + [np.asarray(layer(x))]
+
+    a, b, c = run(3), run(3), run(4)
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_array_equal(u, v)
+    assert not np.allclose(a[0], a[1])  # fresh noise every call
+    assert not np.allclose(a[0], c[0])  # another seed, other noise
+    np.testing.assert_array_equal(a[2], c[2])  # evaluation: no noise at all
+
+
+def test_predrawn_noise_follows_set_noise_std():
+    cell = ri.NoisyCell(keras.layers.GRUCell(4), noise_std=0.5, learnable_std=True, seed=0)
+    layer = ri.InitialStateRNN(keras.layers.RNN(cell, return_sequences=True), "zero")
+    x = X[:4, :6, :3]
+    run = tf.function(lambda x: layer(x, training=True))  # traced once, sigma a variable
+    assert not np.allclose(run(x), layer(x))
+    cell.set_noise_std(1e-9)  # learnable: the floor is min_std=0, so sigma must stay > 0
+    np.testing.assert_allclose(run(x), layer(x), atol=1e-7)
+    fixed = ri.NoisyCell(keras.layers.GRUCell(4), noise_std=0.5)
+    layer = ri.InitialStateRNN(keras.layers.RNN(fixed, return_sequences=True), "zero")
+    fixed.set_noise_std(0.0)
+    np.testing.assert_array_equal(layer(x, training=True), layer(x))
+
+
+def test_bidirectional_noisy_cell_gets_different_noise_per_direction():
+    sigma, steps, units = 0.5, 5, 4
+    cell = ri.NoisyCell(random_walk_cell(units), noise_std=sigma, seed=0)  # one seed for both
+    bidi = keras.layers.Bidirectional(keras.layers.RNN(cell, return_sequences=True))
+    layer = ri.InitialStateRNN(bidi, "zero")
+    y = np.asarray(layer(np.zeros((4000, steps, 2), "float32"), training=True))
+    forward, backward = y[..., :units], y[..., units:]
+    # each direction reads one draw per step it has taken, the initial state's included
+    np.testing.assert_allclose(forward.var(axis=(0, 2)), sigma**2 * np.arange(1, 6), rtol=0.08)
+    np.testing.assert_allclose(backward.var(axis=(0, 2)), sigma**2 * np.arange(5, 0, -1), rtol=0.08)
+    # both end states sum all their draws: the same noise would make them equal
+    corr = np.corrcoef(forward[:, -1].ravel(), backward[:, 0].ravel())[0, 1]
+    assert abs(corr) < 0.05
+
+
+def test_predrawn_noise_with_a_mask_keeps_masked_steps():
+    tokens = np.array([[3, 1, 4, 0, 0], [2, 7, 1, 8, 0]])
+    inputs = keras.Input((5,), dtype="int32")
+    embedded = keras.layers.Embedding(10, 3, mask_zero=True)(inputs)
+    cell = ri.NoisyCell(keras.layers.GRUCell(4), noise_std=0.5)
+    layer = ri.InitialStateRNN(keras.layers.RNN(cell, return_sequences=True), "zero")
+    model = keras.Model(inputs, layer(embedded))
+    a, b = np.asarray(model(tokens, training=True)), np.asarray(model(tokens, training=True))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(a[0, 3], a[0, 2])  # masked steps carry the state
+    np.testing.assert_array_equal(a[0, 4], a[0, 2])
+    np.testing.assert_array_equal(a[1, 4], a[1, 3])
 
 
 @pytest.mark.parametrize("style", ["initial-state", "noisy-cell"])
@@ -540,6 +657,30 @@ JAX_SCRIPT = textwrap.dedent(
     out["eval_equal"] = bool(np.array_equal(model(x), model(x)))
     a, b = model(x, training=True), model(x, training=True)
     out["train_differs"] = bool(not np.allclose(a, b))
+    # NoisyCell trains inside InitialStateRNN: its noise is drawn before lax.scan
+    cell = ri.NoisyCell(keras.layers.GRUCell(4), noise_std=0.3, learnable_std=True, seed=1)
+    model = keras.Sequential([
+        keras.Input((5, 3)),
+        ri.InitialStateRNN(keras.layers.RNN(cell), strategy="zero"),
+        keras.layers.Dense(2),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    before = [np.array(w) for w in model.trainable_weights]
+    rho = float(cell.std_raw)
+    history = model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    out["cell_losses"] = [float(v) for v in history.history["loss"]]
+    out["cell_weights_moved"] = all(
+        not np.allclose(a, np.asarray(b)) for a, b in zip(before, model.trainable_weights)
+    )
+    out["cell_std_moved"] = float(cell.std_raw) != rho
+    out["cell_eval_equal"] = bool(np.array_equal(model(x), model(x)))
+    a, b = model(x, training=True), model(x, training=True)
+    out["cell_train_differs"] = bool(not np.allclose(a, b))
+    bidi = ri.InitialStateRNN(
+        keras.layers.Bidirectional(keras.layers.RNN(ri.NoisyCell(keras.layers.LSTMCell(4)))),
+        strategy="zero",
+    )
+    out["bidi_train_shape"] = list(bidi(x, training=True).shape)
     rnn = keras.layers.RNN(ri.NoisyCell(keras.layers.GRUCell(4)))
     out["cell_eval_shape"] = list(rnn(x).shape)
     try:
@@ -552,7 +693,7 @@ JAX_SCRIPT = textwrap.dedent(
 )
 
 
-def test_one_model_trains_on_the_jax_backend():
+def test_models_and_noisy_cell_train_on_the_jax_backend():
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
@@ -570,5 +711,15 @@ def test_one_model_trains_on_the_jax_backend():
     assert out["backend"] == "jax"
     assert out["h0_moved"] > 0  # every unit of the learned state trained
     assert out["eval_equal"] and out["train_differs"]
+    # NoisyCell trains inside InitialStateRNN
+    assert len(out["cell_losses"]) == 2 and all(np.isfinite(out["cell_losses"]))
+    assert out["cell_weights_moved"] and out["cell_std_moved"]
+    assert out["cell_eval_equal"] and out["cell_train_differs"]
+    assert out["bidi_train_shape"] == [8, 8]
+    # a bare RNN(NoisyCell) evaluates, and its training names the wrapper to use
     assert out["cell_eval_shape"] == [8, 4]
-    assert "cannot draw per-step noise on the JAX backend" in out["cell_training"]
+    assert "cannot draw per-step noise in a bare keras.layers.RNN" in out["cell_training"]
+    assert (
+        'InitialStateRNN(keras.layers.RNN(NoisyCell(...)), strategy="zero")'
+        in (out["cell_training"])
+    )
