@@ -112,10 +112,15 @@ def compile_steps(layer: keras.layers.Layer, x: tf.Tensor) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--out", type=Path, help="default results/bench-tensorflow[-gpu].csv")
     args = parser.parse_args()
-
-    tf.config.set_visible_devices([], "GPU")  # CPU timings, also on a GPU machine
+    gpus = tf.config.list_physical_devices("GPU")
+    if args.device == "cpu":
+        tf.config.set_visible_devices([], "GPU")  # CPU timings, also on a GPU machine
+    elif not gpus:
+        parser.error("--device gpu: TensorFlow sees no GPU")
+    args.out = args.out or (OUT if args.device == "cpu" else OUT.with_name(f"{OUT.stem}-gpu.csv"))
     # Each step function is traced once; TF's "retracing" warning counts them all.
     tf.get_logger().setLevel("ERROR")
     keras.utils.set_random_seed(0)
@@ -148,10 +153,14 @@ def main() -> None:
     baselines = {key: BASE for key in tables}
 
     versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
-    prov = benchmarking.provenance(versions)
+    gpu = ""
+    if args.device == "gpu":
+        gpu = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    prov = benchmarking.provenance(versions, device=args.device, gpu=gpu)
     shape = f"GRU {UNITS} units, batch {BATCH}, {STEPS} steps, {FEATURES} features"
     rows = benchmarking.write_results(args.out, "tensorflow", tables, baselines, prov, shape)
-    print(f"Keras {keras.__version__} / TensorFlow {tf.__version__}, CPU ({prov['cpu']}): {shape}")
+    where = f"{args.device} ({prov['cpu']}, GPU: {prov['gpu']})"
+    print(f"Keras {keras.__version__} / TensorFlow {tf.__version__}, {where}: {shape}")
     print(f"tf.function steps, {args.rounds} interleaved rounds")
     for (table, mode), times in tables.items():
         print(f"\n{table}, {mode}")
