@@ -1,18 +1,30 @@
-"""One GRU, LSTM and simple RNN in PyTorch, Keras 3, Flax linen and Flax NNX.
+"""One GRU, LSTM and simple RNN in PyTorch, Keras 3, Flax linen and Flax NNX, each with
+its own initial-state wrapper.
 
-The same weights (drawn by PyTorch with a fixed seed) and the same initial state give
-the same outputs and final states in every framework and in the numpy reference of
-:mod:`reference_impl.parity`, within ``parity.TOLERANCE`` (1e-5 absolute, float32),
-for 1 and 2 layers, one or two directions, and an initial state made by every
-strategy. The converters' refusals are tested with the cells they refuse.
+Every framework runs the same network (weights converted by :mod:`reference_impl.parity`)
+through its own ``InitialStateRNN``, so the state comes from that framework's own
+``InitialState``:
 
-Shapes are fixed (input 8, hidden 16, 12 steps, batch 4) and each framework's
-network is built and compiled once per configuration, so the whole file stays quick.
+* deterministic strategies (``zero``; ``learnable``, ``noisy(base="learnable")`` and
+  ``uniform``/``xavier`` with ``resample=False``, their vectors set to the same numbers
+  through each framework's public weights; ``noisy`` in evaluation) give the state
+  :func:`reference_impl.spec.reference_state` gives, and outputs and final states
+  that agree with the numpy reference and with each other within ``parity.TOLERANCE``;
+* random strategies (``resample=True``, ``noisy`` in training) are read back from each
+  framework (a hook on the torch layer, linen's captured intermediates, a clone of the
+  NNX model, a Keras ``InitialState`` twin with the same seed); each framework's
+  output is the numpy forward pass from its own state, and that state keeps the
+  spec's bound or noise level.
+
+Each (configuration, strategy) pair is built once per framework and reused; each
+strategy meets every cell, and 1 or 2 layers, one or two directions.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -28,253 +40,460 @@ flax = pytest.importorskip("flax")
 from flax import linen as nn  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from reference_impl import STRATEGIES  # noqa: E402
 from reference_impl import parity as P  # noqa: E402
-from reference_impl import torch as ri  # noqa: E402
+from reference_impl import spec  # noqa: E402
+from reference_impl import tensorflow as rk  # noqa: E402
+from reference_impl import torch as rt  # noqa: E402
+from reference_impl.flax import linen as rl  # noqa: E402
+from reference_impl.flax import nnx as rn  # noqa: E402
 
 TOL = P.TOLERANCE
-INPUT, HIDDEN, STEPS, BATCH = 8, 16, 12, 4
-CELLS = ("gru", "lstm", "rnn")
+INPUT, HIDDEN, STEPS, BATCH = 6, 6, 4, 8  # INPUT == HIDDEN: fewer shapes to compile
 TORCH_LAYERS = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM, "rnn": torch.nn.RNN}
 KERAS_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
 LINEN_CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell, "rnn": nn.SimpleCell}
 NNX_CELLS = {"gru": nnx.GRUCell, "lstm": nnx.LSTMCell, "rnn": nnx.SimpleCell}
-STRATEGY_OPTIONS = {
-    "zero": {},
-    "uniform": {"seed": 0},
-    "xavier": {"seed": 0},
-    "learnable": {"init": "uniform", "seed": 0},
-    "noisy": {"noise_std": 0.1, "seed": 0},  # in training: base plus a seeded draw
+_zeros = nnx.initializers.zeros_init()
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+# Weights that are overwritten anyway: no random initializer to compile for every shape.
+NNX_ZEROS = {"kernel_init": _zeros, "recurrent_kernel_init": _zeros, "bias_init": _zeros}
+NNX_ZEROS["rngs"] = nnx.Rngs(0)
+
+CASES = {  # name -> (strategy, options); the seed is added per framework where it has one
+    "zero": ("zero", {}),
+    "learnable": ("learnable", {}),
+    "noisy-learnable": ("noisy", {"base": "learnable", "noise_std": 0.3}),
+    "noisy-zero": ("noisy", {"noise_std": 0.3}),
+    "uniform-stored": ("uniform", {"resample": False}),
+    "uniform-drawn": ("uniform", {"bound": 0.7}),
+    "xavier-drawn": ("xavier", {}),
 }
-CONFIGS = [(c, n, b) for c in CELLS for n in (1, 2) for b in (False, True)]
+# Each strategy on one configuration per cell, rotating layers and directions, so that
+# every strategy meets 1 and 2 layers, one and two directions. (xavier with
+# resample=False runs as uniform does once its vectors are set; its own draw is checked
+# in test_stored_draws_respect_the_bound.)
+SHAPES = [(1, False), (1, True), (2, False), (2, True)]
+GRID = [
+    (cell, *SHAPES[(i + k) % 4], case)
+    for i, case in enumerate(CASES)
+    for k, cell in enumerate(("gru", "lstm", "rnn"))
+]
+
+
+def _plan(case: str) -> spec.Strategy:
+    strategy, options = CASES[case]
+    return spec.make(strategy, **options)
+
+
+# noisy with base "zero" is all zeros in evaluation, as "zero" is: it runs in training only.
+DETERMINISTIC = [g for g in GRID if _plan(g[3]).source not in ("draw", "zeros") or g[3] == "zero"]
+RANDOM = [g for g in GRID if _plan(g[3]).source == "draw" or _plan(g[3]).noise]
+
+
+def _ids(grid):
+    return [f"{c}-{n}layer-{'bi' if b else 'uni'}-{case}" for c, n, b, case in grid]
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    # Tiny networks: one thread is as fast, and does not fight TensorFlow's and XLA's
-    # thread pools for the cores (which made a 15-step training 50x slower).
+    # Tiny networks: one thread is as fast, and leaves the cores to XLA and TensorFlow.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
 
-def _inputs(features: int = INPUT) -> np.ndarray:
-    return np.random.default_rng(1).normal(size=(BATCH, STEPS, features)).astype(np.float32)
+# --------------------------------------------------------------------------- the network
 
 
-def _torch_model(cell: str, num_layers: int, bidirectional: bool, **kwargs):
-    torch.manual_seed(0)
-    return TORCH_LAYERS[cell](
-        INPUT,
-        HIDDEN,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        batch_first=True,
-        **kwargs,
-    )
+class Net:
+    """One configuration: weights, learned vectors and input, in PyTorch's layout."""
+
+    def __init__(self, cell: str, num_layers: int, bidirectional: bool, b_hn: bool = False):
+        self.cell, self.num_layers, self.bidirectional = cell, num_layers, bidirectional
+        self.d = 2 if bidirectional else 1
+        seed = 10 * "glr".index(cell[0]) + 2 * num_layers + bidirectional
+        self.sd = P.random_state_dict(
+            cell, INPUT, HIDDEN, num_layers=num_layers, bidirectional=bidirectional, seed=seed
+        )
+        if cell == "gru" and not b_hn:  # NNX's GRUCell has no b_hn: one network for all four
+            for key in [k for k in self.sd if k.startswith("bias_hh")]:
+                self.sd[key][2 * HIDDEN :] = 0
+        rng = np.random.default_rng(seed + 100)
+        rows = num_layers * self.d
+        comps = [rng.uniform(-0.8, 0.8, (rows, HIDDEN)).astype(np.float32) for _ in range(2)]
+        self.learned = tuple(comps) if cell == "lstm" else comps[0]
+        self.x = rng.normal(size=(BATCH, STEPS, INPUT)).astype(np.float32)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("h", "c") if self.cell == "lstm" else ("h",)
+
+    def pack(self, comps):
+        return tuple(comps) if self.cell == "lstm" else comps[0]
+
+    def per_layer(self) -> list[dict[str, np.ndarray]]:
+        return P.learned_state_per_layer(self.learned, self.cell, bidirectional=self.bidirectional)
+
+    def comps(self, state) -> tuple:
+        return tuple(state) if self.cell == "lstm" else (state,)
+
+    def reference(self, state=None, **kwargs):
+        return P.numpy_forward("torch", self.sd, self.x, state, cell=self.cell, **kwargs)
+
+    def expected_state(self, case: str):
+        """What the spec says the state is, outside training."""
+        strategy, options = CASES[case]
+        state = spec.reference_state(
+            strategy,
+            self.cell,
+            hidden_size=HIDDEN,
+            batch_size=BATCH,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            training=False,
+            learned=self.comps(self.learned),
+            **options,
+        )
+        return state if self.cell == "lstm" else state[0]
 
 
-def _state_dict(model) -> dict[str, np.ndarray]:
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+@functools.cache
+def _net(cell: str, num_layers: int, bidirectional: bool, b_hn: bool = False) -> Net:
+    return Net(cell, num_layers, bidirectional, b_hn)
 
 
-def _zero_b_hn(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = {k: v.copy() for k, v in sd.items()}
-    for k in out:
-        if k.startswith("bias_hh"):
-            out[k][2 * HIDDEN :] = 0
-    return out
+def _np(tree):
+    def leaf(a):
+        return np.asarray(a.detach() if isinstance(a, torch.Tensor) else a, dtype=np.float32)
 
-
-def _strategy_state(strategy: str, cell: str, num_layers: int, bidirectional: bool):
-    """The initial state the package's PyTorch module makes, as float32 numpy arrays."""
-    init = ri.InitialState(
-        strategy,
-        hidden_size=HIDDEN,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        cell=cell,
-        **STRATEGY_OPTIONS[strategy],
-    )
-    with torch.no_grad():
-        state = init(BATCH)
-    if cell == "lstm":
-        return tuple(s.detach().numpy().copy() for s in state)
-    return state.detach().numpy().copy()
+    return jax.tree_util.tree_map(leaf, tree)
 
 
 # --------------------------------------------------------------------------- runners
-# Each runner is built once per configuration and called with any initial state in
-# PyTorch's layout; it returns the outputs and the final state in PyTorch's layout.
+# Each builder returns a Runner: run(training) -> (outputs, final state, initial state
+# used), the states in PyTorch's layout; read_back() -> (state_dict, learned vectors)
+# read from the framework's own objects. Vectors of "stored" and "param" strategies
+# are set to net.learned through the framework's public weights.
+
+Runner = collections.namedtuple("Runner", "run read_back")
 
 
-def _run_torch(model, x, state, cell):
+def _sets_vectors(case: str) -> bool:
+    return _plan(case).source in ("stored", "param")
+
+
+def _torch_runner(net: Net, case: str, **layer_kwargs) -> Runner:
+    strategy, options = CASES[case]
+    rnn = TORCH_LAYERS[net.cell](
+        INPUT, HIDDEN, num_layers=net.num_layers, bidirectional=net.bidirectional,
+        batch_first=True, **layer_kwargs,
+    )  # fmt: skip
+    rnn.load_state_dict({k: torch.from_numpy(v) for k, v in net.sd.items()})
+    model = rt.InitialStateRNN(rnn, strategy, seed=0, **options)
+    names = ("h0", "c0")[: len(net.comps(net.learned))]
     with torch.no_grad():
-        hx = (
-            tuple(torch.from_numpy(s) for s in state) if cell == "lstm" else torch.from_numpy(state)
+        for name, value in (
+            zip(names, net.comps(net.learned), strict=True) if _sets_vectors(case) else ()
+        ):
+            getattr(model.initial_state, name).copy_(torch.from_numpy(value))
+    seen = []
+    rnn.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+
+    def run(training: bool):
+        model.train(training)
+        with torch.no_grad():
+            y, final = model(torch.from_numpy(net.x))
+        return _np(y), _np(final), _np(seen.pop())
+
+    def read_back():
+        learned = [_np(getattr(model.initial_state, name)) for name in names]
+        return _np(dict(rnn.state_dict())), net.pack(learned)
+
+    return Runner(run, read_back)
+
+
+def _keras_runner(net: Net, case: str, **layer_kwargs) -> Runner:
+    strategy, options = CASES[case]
+    layers, twins, features = [], [], INPUT
+    vectors = net.per_layer() if _sets_vectors(case) else None
+    for k, weights in enumerate(P.torch_to_keras(net.sd, net.cell)):
+        base = KERAS_LAYERS[net.cell](
+            HIDDEN, return_sequences=True, return_state=True, **layer_kwargs
         )
-        y, h_n = model(torch.from_numpy(x), hx)
-    final = tuple(h.numpy() for h in h_n) if cell == "lstm" else h_n.numpy()
-    return y.numpy(), final
-
-
-def _keras_runner(cell, weights, bidirectional, **layer_kwargs):
-    layers, features = [], INPUT
-    for w in weights:
-        layer = KERAS_LAYERS[cell](HIDDEN, return_sequences=True, return_state=True, **layer_kwargs)
-        if bidirectional:
-            layer = keras.layers.Bidirectional(layer, merge_mode="concat")
+        if net.bidirectional:
+            base = keras.layers.Bidirectional(base, merge_mode="concat")
+        layer = rk.InitialStateRNN(base, strategy, seed=k, **options)
         layer.build((BATCH, STEPS, features))
-        layer.set_weights(w)
+        layer.rnn.set_weights(weights)
+        # The same strategy and seed: it draws what the layer's own InitialState draws.
+        twin = rk.InitialState(
+            strategy,
+            units=HIDDEN,
+            cell=net.cell,
+            bidirectional=net.bidirectional,
+            seed=k,
+            **options,
+        )
+        for state in (layer.initial_state, twin) if vectors else ():
+            for name, value in vectors[k].items():  # "h" -> h0, "c" -> c0
+                getattr(state, name + "0").assign(value)
         layers.append(layer)
-        features = HIDDEN * (2 if bidirectional else 1)
+        twins.append(twin)
+        features = HIDDEN * net.d
+    back = functools.partial(P.keras_state_to_torch, cell=net.cell, bidirectional=net.bidirectional)
 
-    def run(x, state):
-        per_layer = P.torch_state_to_keras(state, cell, bidirectional=bidirectional)
-        finals, h = [], x
-        for layer, s in zip(layers, per_layer, strict=True):
-            out = layer(h, initial_state=s)
-            h = np.asarray(out[0])
-            finals.append([np.asarray(o) for o in out[1:]])
-        return h, P.keras_state_to_torch(finals, cell, bidirectional=bidirectional)
+    def run(training: bool):
+        h, finals, initials = net.x, [], []
+        for layer, twin in zip(layers, twins, strict=True):
+            initials.append(_np(twin.get_initial_state(BATCH, training=training)))
+            out = layer(h, training=training)
+            h, finals = _np(out[0]), [*finals, _np(out[1:])]
+        return h, back(finals), back(initials)
 
-    return run
+    def read_back():
+        sd = P.keras_to_torch([layer.rnn.get_weights() for layer in layers], net.cell)
+        vectors = [
+            {n: _np(getattr(layer.initial_state, n + "0")) for n in net.names} for layer in layers
+        ]
+        return sd, P.learned_state_from_layers(vectors, net.cell)
+
+    return Runner(run, read_back)
 
 
-def _linen_runner(cell, trees, bidirectional, make_cell=None):
-    make_cell = make_cell or (lambda: LINEN_CELLS[cell](HIDDEN))
+def _linen_runner(net: Net, case: str, make_cell=None) -> Runner:
+    strategy, options = CASES[case]
+    make_cell = make_cell or (lambda: LINEN_CELLS[net.cell](HIDDEN))
 
     def rnn():
         return nn.RNN(make_cell())
 
-    modules = [nn.Bidirectional(rnn(), rnn()) if bidirectional else rnn() for _ in trees]
+    stack = [nn.Bidirectional(rnn(), rnn()) if net.bidirectional else rnn()] * net.num_layers
+    model = rl.InitialStateRNN(stack if net.num_layers > 1 else stack[0], strategy, **options)
+    suffixes = [f"_{k}" for k in range(net.num_layers)] if net.num_layers > 1 else [""]
+    trees = P.torch_to_linen(net.sd, net.cell)
+    variables = {"params": {"rnn" + s: t for s, t in zip(suffixes, trees, strict=True)}}
+    collection = {"param": "params", "stored": "buffers"}.get(_plan(case).source)
+    if collection:  # variables[collection]["initial_state"]["h"], one per layer of a stack
+        for s, vectors in zip(suffixes, net.per_layer(), strict=True):
+            variables.setdefault(collection, {})["initial_state" + s] = vectors
 
-    @jax.jit
-    def apply(params, x, carries):
-        new = []
-        for module, p, c in zip(modules, params, carries, strict=True):
-            c, x = module.apply({"params": p}, x, initial_carry=c, return_carry=True)
-            new.append(c)
-        return x, new
+    def apply(variables, key, training):
+        (carry, y), captured = model.apply(
+            variables,
+            net.x,
+            rngs=dict(zip(("initial_state", "noise"), jax.random.split(key), strict=True)),
+            deterministic=not training,
+            return_carry=True,
+            capture_intermediates=lambda module, _: isinstance(module, rl.InitialState),
+            mutable=["intermediates"],
+        )
+        states = captured["intermediates"]
+        return y, carry, [states["initial_state" + s]["__call__"][0] for s in suffixes]
 
-    def run(x, state):
-        carries = P.torch_state_to_flax(state, cell, bidirectional=bidirectional)
-        y, new = apply(trees, x, carries)
-        new = jax.tree_util.tree_map(np.asarray, new)
-        return np.asarray(y), P.flax_state_to_torch(new, cell, bidirectional=bidirectional)
+    keys, compiled = itertools.count(), {}
+    back = functools.partial(P.flax_state_to_torch, cell=net.cell, bidirectional=net.bidirectional)
 
-    return run
+    def run(training: bool):
+        # rbg keys: the same draws' statistics, and far less to compile than threefry's.
+        key = jax.random.key(next(keys), impl="rbg")
+        if training not in compiled:  # a quick compile: these networks are tiny
+            lowered = jax.jit(apply, static_argnums=2).lower(variables, key, training)
+            compiled[training] = lowered.compile(compiler_options=FAST_COMPILE)
+        y, carry, initial = compiled[training](variables, key)
+        carries = list(carry) if net.num_layers > 1 else [carry]
+        return _np(y), back(_np(carries)), back(_np(initial))
+
+    def read_back():
+        # linen's variables are ours: check that init makes the same tree, then read ours.
+        made = jax.eval_shape(model.init, jax.random.key(0), net.x)
+        assert jax.tree_util.tree_structure(made) == jax.tree_util.tree_structure(variables)
+        for a, b in zip(*map(jax.tree_util.tree_leaves, (made, variables)), strict=True):
+            assert a.shape == np.shape(b)
+        sd = P.linen_to_torch([variables["params"]["rnn" + s] for s in suffixes], net.cell)
+        vectors = [variables[collection]["initial_state" + s] for s in suffixes]
+        return sd, P.learned_state_from_layers(vectors, net.cell)
+
+    return Runner(run, read_back)
 
 
-def _nnx_layers(cell, trees, bidirectional, make_cell=None):
-    make_cell = make_cell or (lambda fin: NNX_CELLS[cell](fin, HIDDEN, rngs=nnx.Rngs(0)))
+def _nnx_load(module, tree) -> None:
+    params = nnx.state(module, nnx.Param)
+    nnx.replace_by_pure_dict(params, tree)
+    nnx.update(module, params)
+
+
+def _nnx_runner(net: Net, case: str, make_cell=None, lstm_cell: str = "LSTMCell") -> Runner:
+    strategy, options = CASES[case]
+    make_cell = make_cell or (lambda fin: NNX_CELLS[net.cell](fin, HIDDEN, **NNX_ZEROS))
     layers = []
-    for k, tree in enumerate(trees):
-        fin = INPUT if k == 0 else HIDDEN * (2 if bidirectional else 1)
+    for k, tree in enumerate(P.torch_to_nnx(net.sd, net.cell, lstm_cell=lstm_cell)):
+        fin = INPUT if k == 0 else HIDDEN * net.d
+        pair = [nnx.RNN(make_cell(fin)) for _ in range(net.d)]
+        layers.append(nnx.Bidirectional(*pair) if net.bidirectional else pair[0])
+        _nnx_load(layers[-1], tree)
+    stack = net.num_layers > 1
+    rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))
+    model = rn.InitialStateRNN(layers if stack else layers[0], strategy, rngs=rngs, **options)
 
-        def rnn(fin=fin):
-            return nnx.RNN(make_cell(fin))
+    def states(module):
+        return list(module.initial_state) if stack else [module.initial_state]
 
-        layer = nnx.Bidirectional(rnn(), rnn()) if bidirectional else rnn()
-        params = nnx.state(layer, nnx.Param)
-        nnx.replace_by_pure_dict(params, tree)
-        nnx.update(layer, params)
-        layers.append(layer)
-    return layers
+    for state, vectors in (
+        zip(states(model), net.per_layer(), strict=True) if _sets_vectors(case) else ()
+    ):
+        for name, value in vectors.items():  # initial_state.h, initial_state.c
+            getattr(state, name)[...] = value
+    back = functools.partial(P.flax_state_to_torch, cell=net.cell, bidirectional=net.bidirectional)
+
+    def run(training: bool):
+        model.train() if training else model.eval()
+        twin = nnx.clone(model)  # its generators are where the model's are
+        with jax.disable_jit():  # op by op: nothing to compile for each model
+            carry, y = model(net.x, return_carry=True)
+            initial = [state((BATCH,)) for state in states(twin)]
+        return _np(y), back(_np(list(carry) if stack else [carry])), back(_np(initial))
+
+    def read_back():
+        trees = [nnx.to_pure_dict(nnx.state(layer, nnx.Param)) for layer in layers]
+        vectors = [{n: getattr(s, n)[...] for n in net.names} for s in states(model)]
+        return P.nnx_to_torch(_np(trees), net.cell), P.learned_state_from_layers(vectors, net.cell)
+
+    return Runner(run, read_back)
 
 
-def _nnx_runner(cell, trees, bidirectional, make_cell=None):
-    split = [nnx.split(layer) for layer in _nnx_layers(cell, trees, bidirectional, make_cell)]
-    graphdefs = [g for g, _ in split]
-    states = [s for _, s in split]
-
-    @jax.jit
-    def apply(states, x, carries):
-        new = []
-        for g, s, c in zip(graphdefs, states, carries, strict=True):
-            c, x = nnx.merge(g, s)(x, initial_carry=c, return_carry=True)
-            new.append(c)
-        return x, new
-
-    def run(x, state):
-        carries = P.torch_state_to_flax(state, cell, bidirectional=bidirectional)
-        y, new = apply(states, x, carries)
-        new = jax.tree_util.tree_map(np.asarray, new)
-        return np.asarray(y), P.flax_state_to_torch(new, cell, bidirectional=bidirectional)
-
-    return run
+RUNNERS = {
+    "torch": _torch_runner,
+    "keras": _keras_runner,
+    "linen": _linen_runner,
+    "nnx": _nnx_runner,
+}
 
 
 @functools.cache
-def _grid(cell: str, num_layers: int, bidirectional: bool) -> dict:
-    """Every framework's outputs and final states for every strategy, one config."""
-    model = _torch_model(cell, num_layers, bidirectional)
-    sd = _state_dict(model)
-    # NNX's GRUCell has no b_hn: its GRU is compared with the same network with b_hn = 0.
-    sd_nnx = _zero_b_hn(sd) if cell == "gru" else sd
-    model_nnx = _torch_model(cell, num_layers, bidirectional)
-    model_nnx.load_state_dict({k: torch.from_numpy(v) for k, v in sd_nnx.items()})
-    x = _inputs()
-    keras_run = _keras_runner(cell, P.torch_to_keras(sd, cell), bidirectional)
-    linen_run = _linen_runner(cell, P.torch_to_linen(sd, cell), bidirectional)
-    nnx_run = _nnx_runner(cell, P.torch_to_nnx(sd_nnx, cell), bidirectional)
-    out = {}
-    for strategy in STRATEGIES:
-        state = _strategy_state(strategy, cell, num_layers, bidirectional)
-        ref = P.numpy_forward("torch", sd, x, state, cell=cell)
-        ref_nnx = P.numpy_forward("torch", sd_nnx, x, state, cell=cell)
-        torch_out = _run_torch(model, x, state, cell)
-        out[strategy] = {
-            "state": state,
-            "torch": (torch_out, ref, torch_out),
-            "keras": (keras_run(x, state), ref, torch_out),
-            "linen": (linen_run(x, state), ref, torch_out),
-            "nnx": (nnx_run(x, state), ref_nnx, _run_torch(model_nnx, x, state, cell)),
-            "numpy keras": (
-                P.numpy_forward("keras", P.torch_to_keras(sd, cell), x, state, cell=cell),
-                ref,
-                torch_out,
-            ),  # fmt: skip
-        }
-    return out
+def _runners(cell: str, num_layers: int, bidirectional: bool, case: str) -> dict[str, Runner]:
+    net = _net(cell, num_layers, bidirectional)
+    return {name: build(net, case) for name, build in RUNNERS.items()}
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+def _assert_close(got, want, what: str) -> None:
+    d = P.max_abs_diff(got, want)
+    assert d < TOL, f"{what}: max abs difference {d:.2e} >= {TOL}"
+
+
+# --------------------------------------------------------------------------- the grid
+
+
 @pytest.mark.parametrize(
-    ("cell", "num_layers", "bidirectional"),
-    CONFIGS,
-    ids=[f"{c}-{n}layer-{'bi' if b else 'uni'}" for c, n, b in CONFIGS],
+    ("cell", "num_layers", "bidirectional", "case"), DETERMINISTIC, ids=_ids(DETERMINISTIC)
 )
-def test_same_outputs_and_final_states_everywhere(cell, num_layers, bidirectional, strategy):
-    results = _grid(cell, num_layers, bidirectional)[strategy]
-    rows = num_layers * (2 if bidirectional else 1)
-    state = results["state"]
-    first = state[0] if cell == "lstm" else state
-    assert first.shape == (rows, BATCH, HIDDEN)
-    if strategy != "zero":  # the state is not trivially zero, so it is really carried
-        assert np.abs(first).max() > 1e-3
-    for framework in ("torch", "keras", "linen", "nnx", "numpy keras"):
-        (y, final), (y_ref, final_ref), (y_torch, final_torch) = results[framework]
-        assert y.shape == (BATCH, STEPS, HIDDEN * (2 if bidirectional else 1))
-        for what, got, want in (
-            ("outputs vs numpy", y, y_ref),
-            ("final state vs numpy", final, final_ref),
-            ("outputs vs torch", y, y_torch),
-            ("final state vs torch", final, final_torch),
-        ):
-            d = P.max_abs_diff(got, want)
-            assert d < TOL, f"{framework} {what}: max abs difference {d:.2e} >= {TOL}"
+def test_deterministic_strategies_agree_everywhere(cell, num_layers, bidirectional, case):
+    net = _net(cell, num_layers, bidirectional)
+    expected = net.expected_state(case)
+    y_ref, final_ref = net.reference(expected)
+    if _plan(case).source != "zeros":
+        assert P.max_abs_diff(y_ref, net.reference()[0]) > 100 * TOL  # the state matters
+    runners = _runners(cell, num_layers, bidirectional, case)
+    results = {name: runner.run(False) for name, runner in runners.items()}
+    for name, (y, final, initial) in results.items():
+        assert y.shape == (BATCH, STEPS, HIDDEN * net.d)
+        _assert_close(initial, expected, f"{name} initial state vs spec.reference_state")
+        _assert_close(y, y_ref, f"{name} outputs vs numpy")
+        _assert_close(final, final_ref, f"{name} final state vs numpy")
+        _assert_close(y, results["torch"][0], f"{name} outputs vs torch")
+        _assert_close(final, results["torch"][1], f"{name} final state vs torch")
 
 
-def test_the_initial_state_matters_in_every_framework():
-    # The comparison above is not vacuous: another initial state changes the outputs
-    # by far more than the tolerance, in every framework.
-    results = _grid("gru", 1, False)
-    for framework in ("torch", "keras", "linen", "nnx"):
-        y_zero = results["zero"][framework][0][0]
-        y_xavier = results["xavier"][framework][0][0]
-        assert P.max_abs_diff(y_zero, y_xavier) > 100 * TOL
+@pytest.mark.parametrize(("cell", "num_layers", "bidirectional", "case"), RANDOM, ids=_ids(RANDOM))
+def test_random_states_are_each_frameworks_own(cell, num_layers, bidirectional, case):
+    net, plan = _net(cell, num_layers, bidirectional), _plan(case)
+    base = net.comps(net.expected_state(case))
+    drawn = []
+    for name, runner in _runners(cell, num_layers, bidirectional, case).items():
+        y, final, initial = runner.run(True)
+        y_ref, final_ref = net.reference(initial)
+        _assert_close(y, y_ref, f"{name} outputs vs numpy from its own state")
+        _assert_close(final, final_ref, f"{name} final state vs numpy from its own state")
+        for state, base_state in zip(net.comps(initial), base, strict=True):
+            assert state.shape == (num_layers * net.d, BATCH, HIDDEN)
+            if plan.source == "draw":  # U(-b, b), drawn for every batch row
+                b = plan.draw_bound(HIDDEN)
+                assert np.abs(state).max() <= b * (1 + 1e-6), name
+                assert np.abs(state).max() > b / 2 and np.ptp(state, axis=1).min() > 0, name
+            else:  # base + N(0, sigma^2)
+                noise = state - base_state
+                assert 0.5 < noise.std() / plan.noise.std < 1.5, (name, noise.std())
+        drawn.append(initial)
+    for a, b in itertools.combinations(drawn, 2):  # four draws, not one shared constant
+        assert P.max_abs_diff(a, b) > 10 * TOL
+
+
+LEARNABLE = [g for g in GRID if g[3] == "learnable"]
+
+
+@pytest.mark.parametrize(
+    ("cell", "num_layers", "bidirectional", "case"), LEARNABLE, ids=_ids(LEARNABLE)
+)
+def test_weights_and_vectors_read_back_from_every_framework(cell, num_layers, bidirectional, case):
+    # What each framework holds converts back to the same network and the same vectors
+    # (the biases a framework sums come back on bias_ih; a Keras GRU keeps both rows).
+    net = _net(cell, num_layers, bidirectional)
+    canonical = P.canonical_torch(net.sd, cell)
+    for name, runner in _runners(cell, num_layers, bidirectional, case).items():
+        sd, learned = runner.read_back()
+        want = net.sd if name == "torch" or (name, cell) == ("keras", "gru") else canonical
+        assert sorted(sd) == sorted(want), name
+        for key in want:
+            np.testing.assert_array_equal(sd[key], want[key], err_msg=f"{name} {key}")
+        assert P.max_abs_diff(learned, net.learned) == 0, name
+
+
+def test_stored_draws_respect_the_bound():
+    # resample=False: each framework draws one vector per direction once, within the
+    # spec's bound, and broadcasts it over the batch.
+    for strategy, options in (("uniform", {"bound": 0.3}), ("xavier", {"gain": 2.0})):
+        b = spec.make(strategy, **options).draw_bound(HIDDEN)
+        torch_state = rt.InitialState(
+            strategy,
+            hidden_size=HIDDEN,
+            bidirectional=True,
+            cell="lstm",
+            resample=False,
+            seed=0,
+            **options,
+        )
+        keras_state = rk.InitialState(
+            strategy,
+            units=HIDDEN,
+            cell="lstm",
+            bidirectional=True,
+            resample=False,
+            seed=0,
+            **options,
+        )
+        linen_state = rl.InitialState(
+            strategy, cell="lstm", features=HIDDEN, bidirectional=True, resample=False, **options
+        )
+        buffers = linen_state.init(jax.random.key(0), (BATCH,))["buffers"]
+        nnx_state = rn.InitialState(
+            strategy,
+            cell="lstm",
+            features=HIDDEN,
+            bidirectional=True,
+            resample=False,
+            seed=0,
+            **options,
+        )
+        vectors = {
+            "torch": [torch_state.h0, torch_state.c0],
+            "keras": [keras_state.h0, keras_state.c0],
+            "linen": [buffers["h"], buffers["c"]],
+            "nnx": [nnx_state.h[...], nnx_state.c[...]],
+        }
+        for name, (h, c) in _np(vectors).items():
+            assert h.shape == c.shape == (2, HIDDEN), name
+            assert np.abs(np.stack([h, c])).max() <= b * (1 + 1e-6), name
+            assert np.abs(np.stack([h, c])).max() > b / 2 and np.ptp(h) > 0, name
 
 
 # --------------------------------------------------------------------------- variants
@@ -283,88 +502,81 @@ def test_the_initial_state_matters_in_every_framework():
 def test_other_flax_lstm_cells():
     # linen's LSTMCell has OptimizedLSTMCell's param tree; NNX's OptimizedLSTMCell fuses
     # the four gates into dense_i (in, 4H) and dense_h (H, 4H) with the summed bias.
-    model = _torch_model("lstm", 1, True)
-    sd = _state_dict(model)
-    x, state = _inputs(), _strategy_state("uniform", "lstm", 1, True)
-    want = _run_torch(model, x, state, "lstm")
-    linen_run = _linen_runner(
-        "lstm", P.torch_to_linen(sd, "lstm"), True, make_cell=lambda: nn.LSTMCell(HIDDEN)
+    net = _net("lstm", 1, True)
+    y_ref, final_ref = net.reference(net.expected_state("learnable"))
+    linen = _linen_runner(net, "learnable", make_cell=lambda: nn.LSTMCell(HIDDEN))
+    nnx_optimized = _nnx_runner(
+        net,
+        "learnable",
+        make_cell=lambda fin: nnx.OptimizedLSTMCell(fin, HIDDEN, **NNX_ZEROS),
+        lstm_cell="OptimizedLSTMCell",
     )
-    trees = P.torch_to_nnx(sd, "lstm", lstm_cell="OptimizedLSTMCell")
-    assert trees[0]["forward_rnn"]["cell"]["dense_h"]["kernel"].shape == (HIDDEN, 4 * HIDDEN)
-    nnx_run = _nnx_runner(
-        "lstm",
-        trees,
-        True,
-        make_cell=lambda fin: nnx.OptimizedLSTMCell(fin, HIDDEN, rngs=nnx.Rngs(0)),
-    )
-    for run in (linen_run, nnx_run):
-        assert P.max_abs_diff(run(x, state), want) < TOL
-    back, canonical = P.nnx_to_torch(trees, "lstm"), P.canonical_torch(sd, "lstm")
-    assert all(np.array_equal(back[k], canonical[k]) for k in sd)
+    for name, runner in (("linen LSTMCell", linen), ("nnx OptimizedLSTMCell", nnx_optimized)):
+        y, final, _ = runner.run(False)
+        _assert_close((y, final), (y_ref, final_ref), name)
+    sd, _ = nnx_optimized.read_back()
+    canonical = P.canonical_torch(net.sd, "lstm")
+    assert all(np.array_equal(sd[key], canonical[key]) for key in canonical)
 
 
 def test_relu_simple_rnn():
-    model = _torch_model("rnn", 1, False, nonlinearity="relu")
-    sd = _state_dict(model)
-    x, state = _inputs(), _strategy_state("xavier", "rnn", 1, False)
-    want = _run_torch(model, x, state, "rnn")
-    ref = P.numpy_forward("torch", sd, x, state, cell="rnn", nonlinearity="relu")
-    keras_run = _keras_runner("rnn", P.torch_to_keras(sd, "rnn"), False, activation="relu")
-    linen_run = _linen_runner(
-        "rnn",
-        P.torch_to_linen(sd, "rnn"),
-        False,
-        make_cell=lambda: nn.SimpleCell(HIDDEN, activation_fn=nn.relu),
+    net = _net("rnn", 2, False)
+    want = net.reference(net.expected_state("learnable"), nonlinearity="relu")
+    tanh = net.reference(net.expected_state("learnable"))
+    assert P.max_abs_diff(want, tanh) > 100 * TOL
+    runners = {
+        "torch": _torch_runner(net, "learnable", nonlinearity="relu"),
+        "keras": _keras_runner(net, "learnable", activation="relu"),
+        "linen": _linen_runner(
+            net, "learnable", lambda: nn.SimpleCell(HIDDEN, activation_fn=nn.relu)
+        ),
+        "nnx": _nnx_runner(
+            net,
+            "learnable",
+            lambda fin: nnx.SimpleCell(fin, HIDDEN, activation_fn=nnx.relu, **NNX_ZEROS),
+        ),
+    }
+    for name, runner in runners.items():
+        y, final, _ = runner.run(False)
+        _assert_close((y, final), want, name)
+
+
+def test_a_gru_with_b_hn_in_torch_keras_and_linen():
+    # The grid's GRUs have b_hn = 0 (so that NNX can hold them); with a nonzero b_hn,
+    # PyTorch, Keras and linen still run one network, and the NNX converter refuses.
+    net = _net("gru", 2, True, b_hn=True)
+    assert np.abs(net.sd["bias_hh_l1_reverse"][2 * HIDDEN :]).max() > 0.1
+    want = net.reference(net.expected_state("learnable"))
+    assert (
+        P.max_abs_diff(want, _net("gru", 2, True).reference(net.expected_state("learnable")))
+        > 100 * TOL
     )
-    for got in (want, keras_run(x, state), linen_run(x, state)):
-        assert P.max_abs_diff(got, ref) < TOL
-    tanh_ref = P.numpy_forward("torch", sd, x, state, cell="rnn")
-    assert P.max_abs_diff(tanh_ref, ref) > 100 * TOL
+    for name in ("torch", "keras", "linen"):
+        y, final, _ = RUNNERS[name](net, "learnable").run(False)
+        _assert_close((y, final), want, name)
+    with pytest.raises(ValueError, match=r"bias_hh_l0\[12:18\] \(b_hn"):
+        P.torch_to_nnx(net.sd, "gru")
 
 
 def test_keras_gru_reset_after_false_is_another_function():
     # Keras's reset_after=False GRU: tanh(x W_h + b_h + (r * h) U_h), one bias row.
     # The numpy reference implements it and matches Keras; read as the PyTorch GRU it
-    # is a different function, and every converter refuses it by name.
+    # is a different function, and the converters refuse it by name.
     layer = keras.layers.GRU(HIDDEN, reset_after=False, return_sequences=True, return_state=True)
     layer.build((BATCH, STEPS, INPUT))
     rng = np.random.default_rng(3)
-    weights = [rng.uniform(-0.25, 0.25, w.shape).astype(np.float32) for w in layer.get_weights()]
+    weights = [rng.uniform(-0.5, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()]
     assert weights[2].shape == (3 * HIDDEN,)
     layer.set_weights(weights)
-    x = _inputs()
-    h0 = rng.uniform(-0.5, 0.5, (BATCH, HIDDEN)).astype(np.float32)
+    x, h0 = _net("gru", 1, False).x, rng.uniform(-0.5, 0.5, (BATCH, HIDDEN)).astype(np.float32)
     y, h = (np.asarray(a) for a in layer(x, initial_state=[h0]))
     ref_y, ref_h = P.numpy_forward("keras", [weights], x, h0[None], cell="gru", reset_after=False)
-    assert P.max_abs_diff(y, ref_y) < TOL and P.max_abs_diff(h, ref_h[0]) < TOL
-    # The same numbers in a reset_after=True layout (input bias row, zero recurrent row).
+    _assert_close((y, h), (ref_y, ref_h[0]), "keras reset_after=False")
     as_after = [weights[0], weights[1], np.stack([weights[2], np.zeros_like(weights[2])])]
     other_y, _ = P.numpy_forward("keras", [as_after], x, h0[None], cell="gru")
     assert P.max_abs_diff(other_y, ref_y) > 100 * TOL
-    with pytest.raises(ValueError, match="reset_after"):
-        P.keras_to_torch([weights], "gru")
-    sd = P.random_state_dict("gru", INPUT, HIDDEN)
     with pytest.raises(ValueError, match="reset_after=False"):
-        P.torch_to_keras(sd, "gru", reset_after=False)
-
-
-def test_nnx_gru_refuses_a_nonzero_b_hn_that_linen_keeps():
-    sd = _state_dict(_torch_model("gru", 2, True))
-    with pytest.raises(ValueError, match=r"bias_hh_l0\[32:48\] \(b_hn"):
-        P.torch_to_nnx(sd, "gru")
-    # linen keeps b_hn on its `hn` Dense layer ...
-    tree = P.torch_to_linen(sd, "gru")[1]["backward_rnn"]["cell"]
-    np.testing.assert_array_equal(tree["hn"]["bias"], sd["bias_hh_l1_reverse"][2 * HIDDEN :])
-    assert "bias" not in tree["hr"] and "bias" not in tree["hz"]
-    # ... and dropping it would change the network: it is not a rounding matter.
-    x = _inputs()
-    with_b_hn, _ = P.numpy_forward("torch", sd, x, cell="gru")
-    without, _ = P.numpy_forward("torch", _zero_b_hn(sd), x, cell="gru")
-    assert P.max_abs_diff(with_b_hn, without) > 100 * TOL
-    # b_hn = 0 exactly converts, and comes back as zero.
-    back = P.nnx_to_torch(P.torch_to_nnx(_zero_b_hn(sd), "gru"), "gru")
-    assert not np.any(back["bias_hh_l1"])
+        P.keras_to_torch([weights], "gru")
 
 
 def test_keras_without_bias():
@@ -375,413 +587,9 @@ def test_keras_without_bias():
     assert len(weights) == 2
     sd = P.keras_to_torch([weights], "lstm")
     assert not np.any(sd["bias_ih_l0"]) and not np.any(sd["bias_hh_l0"])
-    x = _inputs()
-    y = np.asarray(layer(x)[0])
-    assert P.max_abs_diff(y, P.numpy_forward("torch", sd, x, cell="lstm")[0]) < TOL
-    assert [w.shape for w in P.torch_to_keras(sd, "lstm", use_bias=False)[0]] == [
-        w.shape for w in weights
-    ]
-    with pytest.raises(ValueError, match="bias_ih_l0 is nonzero but use_bias=False"):
-        P.torch_to_keras(P.random_state_dict("lstm", INPUT, HIDDEN), "lstm", use_bias=False)
-
-
-def test_torch_lstm_projection_is_refused():
-    model = torch.nn.LSTM(INPUT, HIDDEN, proj_size=4, batch_first=True)
-    for convert in (P.torch_to_keras, P.torch_to_linen, P.torch_to_nnx):
-        with pytest.raises(ValueError, match="weight_hr_l0.*proj_size"):
-            convert(_state_dict(model), "lstm")
-
-
-# --------------------------------------------------------------------------- round trips
-
-
-ROUND_TRIPS = {
-    "keras": (P.torch_to_keras, P.keras_to_torch),
-    "linen": (P.torch_to_linen, P.linen_to_torch),
-    "nnx": (P.torch_to_nnx, P.nnx_to_torch),
-}
-
-
-@pytest.mark.parametrize("framework", sorted(ROUND_TRIPS))
-@pytest.mark.parametrize("cell", CELLS)
-def test_round_trips(framework, cell):
-    to, back = ROUND_TRIPS[framework]
-    sd = P.random_state_dict(cell, INPUT, HIDDEN, num_layers=2, bidirectional=True, seed=5)
-    if framework == "nnx" and cell == "gru":
-        sd = _zero_b_hn(sd)
-    # torch -> framework -> torch: the same network, summed biases moved onto bias_ih
-    # (a Keras GRU keeps both bias rows, so it returns the original).
-    returned = back(to(sd, cell), cell)
-    canonical = sd if (framework, cell) == ("keras", "gru") else P.canonical_torch(sd, cell)
-    assert sorted(returned) == sorted(sd)
-    for key in sd:
-        assert returned[key].dtype == np.float32
-        assert P.max_abs_diff(returned[key], canonical[key]) == 0, key
-    # framework -> torch -> framework: exactly the same arrays.
-    native = to(sd, cell)
-    again = to(back(native, cell), cell)
-    flat = jax.tree_util.tree_leaves(native)
-    assert len(flat) == len(jax.tree_util.tree_leaves(again))
-    for a, b in zip(flat, jax.tree_util.tree_leaves(again), strict=True):
-        assert a.shape == b.shape and P.max_abs_diff(a, b) == 0
-    # and the canonical form computes the same function as the original.
-    x = _inputs()
-    assert (
-        P.max_abs_diff(
-            P.numpy_forward("torch", sd, x, cell=cell),
-            P.numpy_forward("torch", canonical, x, cell=cell),
-        )
-        < 1e-6
+    x = _net("lstm", 1, False).x
+    _assert_close(
+        np.asarray(layer(x)[0]), P.numpy_forward("torch", sd, x, cell="lstm")[0], "no bias"
     )
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_state_layouts_round_trip(cell):
-    rng = np.random.default_rng(0)
-    comps = tuple(rng.normal(size=(4, BATCH, HIDDEN)) for _ in range(2 if cell == "lstm" else 1))
-    state = comps if cell == "lstm" else comps[0]
-    for bidirectional in (False, True):
-        keras_states = P.torch_state_to_keras(state, cell, bidirectional=bidirectional)
-        assert len(keras_states) == (2 if bidirectional else 4)
-        flax_carries = P.torch_state_to_flax(state, cell, bidirectional=bidirectional)
-        for back in (
-            P.keras_state_to_torch(keras_states, cell, bidirectional=bidirectional),
-            P.flax_state_to_torch(flax_carries, cell, bidirectional=bidirectional),
-        ):
-            assert P.max_abs_diff(back, state) == 0
-    if cell == "lstm":  # Flax's carry is (c, h)
-        c, h = P.torch_state_to_flax(state, cell)[3]
-        np.testing.assert_array_equal(h, comps[0][3])
-        np.testing.assert_array_equal(c, comps[1][3])
-
-
-# --------------------------------------------------------------------------- bad input
-
-
-def test_missing_keys_are_named():
-    sd = P.random_state_dict("gru", INPUT, HIDDEN, num_layers=2, bidirectional=True)
-    del sd["bias_hh_l1_reverse"]
-    for convert in (P.torch_to_keras, P.torch_to_linen, P.torch_to_nnx, P.canonical_torch):
-        with pytest.raises(ValueError, match="missing key 'bias_hh_l1_reverse'"):
-            convert(sd, "gru")
-    trees = P.torch_to_linen(P.random_state_dict("gru", INPUT, HIDDEN), "gru")
-    del trees[0]["cell"]["hn"]["bias"]
-    with pytest.raises(ValueError, match="missing key 'layer 0/cell/hn/bias'"):
-        P.linen_to_torch(trees, "gru")
-    trees = P.torch_to_nnx(P.random_state_dict("lstm", INPUT, HIDDEN), "lstm")
-    del trees[0]["cell"]["if_"]
-    with pytest.raises(ValueError, match="missing key 'layer 0/cell/if_'"):
-        P.nnx_to_torch(trees, "lstm")
-    trees = P.torch_to_nnx(P.random_state_dict("rnn", INPUT, HIDDEN, bidirectional=True), "rnn")
-    del trees[0]["backward_rnn"]
-    with pytest.raises(ValueError, match="missing key 'layer 0/backward_rnn'"):
-        P.nnx_to_torch(trees, "rnn")
-
-
-def test_mismatched_shapes_are_named():
-    sd = P.random_state_dict("lstm", INPUT, HIDDEN, num_layers=2)
-    sd["weight_ih_l1"] = sd["weight_ih_l1"][:, :-1]
-    with pytest.raises(ValueError, match=r"weight_ih_l1 has shape \(64, 15\); expected \(64, 16\)"):
-        P.torch_to_keras(sd, "lstm")
-    sd = P.random_state_dict("gru", INPUT, HIDDEN)
-    with pytest.raises(ValueError, match="weight_hh_l0 has shape .* a lstm needs"):
-        P.torch_to_linen(sd, "lstm")  # a GRU's weights read as an LSTM's
-    weights = P.torch_to_keras(sd, "gru")
-    weights[0][2] = weights[0][2][:, :-1]
-    with pytest.raises(ValueError, match=r"layer 0 bias has shape \(2, 47\)"):
-        P.keras_to_torch(weights, "gru")
-    trees = P.torch_to_nnx(_zero_b_hn(sd), "gru")
-    trees[0]["cell"]["dense_h"]["kernel"] = np.zeros((HIDDEN, 2 * HIDDEN), np.float32)
-    with pytest.raises(ValueError, match="layer 0/cell/dense_h/kernel has shape"):
-        P.nnx_to_torch(trees, "gru")
-    with pytest.raises(ValueError, match=r"state has shape \(1, 4, 8\)"):
-        P.numpy_forward("torch", sd, _inputs(), np.zeros((1, BATCH, 8)), cell="gru")
-
-
-def test_unexpected_keys_and_unsupported_options_are_named():
-    sd = P.random_state_dict("rnn", INPUT, HIDDEN)
-    with pytest.raises(ValueError, match="unexpected key 'weight_ih_l0_extra'"):
-        P.torch_to_keras({**sd, "weight_ih_l0_extra": sd["weight_ih_l0"]}, "rnn")
-    trees = P.torch_to_nnx(sd, "rnn")
-    trees[0]["cell"]["dense_h"]["bias"] = np.zeros(HIDDEN, np.float32)
-    with pytest.raises(ValueError, match="unexpected key 'layer 0/cell/dense_h/bias'"):
-        P.nnx_to_torch(trees, "rnn")
-    with pytest.raises(ValueError, match="unsupported cell 'mgu'"):
-        P.torch_to_linen(sd, "mgu")
-    with pytest.raises(ValueError, match="unsupported lstm_cell 'ConvLSTMCell'"):
-        P.torch_to_nnx(sd, "lstm", lstm_cell="ConvLSTMCell")
-    with pytest.raises(ValueError, match="unsupported nonlinearity 'gelu'"):
-        P.numpy_forward("torch", sd, _inputs(), cell="rnn", nonlinearity="gelu")
-    with pytest.raises(ValueError, match="unknown framework 'jax'"):
-        P.numpy_forward("jax", sd, _inputs(), cell="rnn")
-    with pytest.raises(ValueError, match="layer 0: expected \\[kernel, recurrent_kernel, bias\\]"):
-        P.keras_to_torch([[np.zeros((INPUT, HIDDEN))]], "rnn")
-    with pytest.raises(ValueError, match="state has 3 rows"):
-        P.torch_state_to_keras(np.zeros((3, BATCH, HIDDEN)), "gru", bidirectional=True)
-    with pytest.raises(ValueError, match=r"an LSTM state must be a pair \(h, c\)"):
-        P.torch_state_to_flax(np.zeros((1, BATCH, HIDDEN)), "lstm")
-
-
-# --------------------------------------------------------------------------- learned state
-# A learned initial state is one vector per layer, direction and component. Trained in
-# one framework (with the network's weights), both are moved to the others: the
-# weights with the converters, the vectors with learned_state_per_layer (each
-# framework's wrapper holds a (directions, features) array per layer).
-
-LEARN_STEPS, LEARN_RATE = 15, 0.02
-
-
-def _target(bidirectional: bool) -> np.ndarray:
-    shape = (BATCH, STEPS, HIDDEN * (2 if bidirectional else 1))
-    return np.tanh(np.random.default_rng(2).normal(size=shape)).astype(np.float32)
-
-
-def _torch_learned_model(cell, sd, learned, num_layers, bidirectional):
-    model = ri.InitialStateRNN(_torch_model(cell, num_layers, bidirectional), "learnable")
-    model.rnn.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
-    comps = learned if cell == "lstm" else (learned,)
-    with torch.no_grad():
-        for name, value in zip(("h0", "c0"), comps, strict=False):
-            getattr(model.initial_state, name).copy_(torch.from_numpy(np.asarray(value)))
-    return model
-
-
-def _torch_predict(cell, sd, learned, num_layers, bidirectional, x):
-    model = _torch_learned_model(cell, sd, learned, num_layers, bidirectional)
-    with torch.no_grad():
-        return model(torch.from_numpy(x))[0].numpy()
-
-
-def _train_torch(cell, num_layers, bidirectional, x):
-    model = ri.InitialStateRNN(_torch_model(cell, num_layers, bidirectional), "learnable")
-    if cell == "gru":
-        # b_hn held at zero, so that the GRU also exists in NNX (whose GRUCell has none).
-        mask = torch.ones(3 * HIDDEN)
-        mask[2 * HIDDEN :] = 0
-        for name, p in model.rnn.named_parameters():
-            if name.startswith("bias_hh"):
-                with torch.no_grad():
-                    p.mul_(mask)
-                p.register_hook(lambda g: g * mask)
-    opt = torch.optim.Adam(model.parameters(), lr=LEARN_RATE)
-    target = torch.from_numpy(_target(bidirectional))
-    for _ in range(LEARN_STEPS):
-        opt.zero_grad()
-        loss = ((model(torch.from_numpy(x))[0] - target) ** 2).mean()
-        loss.backward()
-        opt.step()
-    sd = _state_dict(model.rnn)
-    init = model.initial_state
-    learned = (
-        (init.h0.detach().numpy().copy(), init.c0.detach().numpy().copy())
-        if cell == "lstm"
-        else init.h0.detach().numpy().copy()
-    )
-    return sd, learned
-
-
-def _keras_stack(cell, num_layers, bidirectional):
-    from reference_impl import tensorflow as rk
-
-    layers, features = [], INPUT
-    for _ in range(num_layers):
-        base = KERAS_LAYERS[cell](HIDDEN, return_sequences=True)
-        if bidirectional:
-            base = keras.layers.Bidirectional(base, merge_mode="concat")
-        layer = rk.InitialStateRNN(base, "learnable")
-        layer.build((BATCH, STEPS, features))
-        layers.append(layer)
-        features = HIDDEN * (2 if bidirectional else 1)
-    return layers
-
-
-def _keras_run(layers, x):
-    h = x
-    for layer in layers:
-        h = layer(h)
-    return h
-
-
-def _keras_predict(cell, sd, learned, num_layers, bidirectional, x):
-    layers = _keras_stack(cell, num_layers, bidirectional)
-    per_layer = P.learned_state_per_layer(learned, cell, bidirectional=bidirectional)
-    for layer, w, vectors in zip(layers, P.torch_to_keras(sd, cell), per_layer, strict=True):
-        layer.rnn.set_weights(w)
-        for name, value in vectors.items():  # "h" -> h0, "c" -> c0
-            getattr(layer.initial_state, name + "0").assign(value)
-    return np.asarray(_keras_run(layers, x))
-
-
-def _train_keras(cell, num_layers, bidirectional, x):
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(0)
-    layers = _keras_stack(cell, num_layers, bidirectional)
-    variables = [v for layer in layers for v in layer.trainable_variables]
-    opt = keras.optimizers.Adam(LEARN_RATE)
-    target = _target(bidirectional)
-    for _ in range(LEARN_STEPS):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean((_keras_run(layers, x) - target) ** 2)
-        opt.apply(tape.gradient(loss, variables), variables)
-    sd = P.keras_to_torch([layer.rnn.get_weights() for layer in layers], cell)
-    per_layer = [
-        {n: np.asarray(getattr(layer.initial_state, n + "0")) for n in "hc"[: _ncomp(cell)]}
-        for layer in layers
-    ]
-    return sd, P.learned_state_from_layers(per_layer, cell)
-
-
-def _ncomp(cell):
-    return 2 if cell == "lstm" else 1
-
-
-def _linen_model(cell, num_layers, bidirectional):
-    from reference_impl.flax import linen as rl
-
-    def rnn():
-        return nn.RNN(LINEN_CELLS[cell](HIDDEN))
-
-    stack = [nn.Bidirectional(rnn(), rnn()) if bidirectional else rnn() for _ in range(num_layers)]
-    return rl.InitialStateRNN(stack, strategy="learnable")
-
-
-def _linen_params(cell, sd, learned, bidirectional):
-    trees = P.torch_to_linen(sd, cell)
-    per_layer = P.learned_state_per_layer(learned, cell, bidirectional=bidirectional)
-    params = {}
-    for k, (tree, vectors) in enumerate(zip(trees, per_layer, strict=True)):
-        params[f"rnn_{k}"] = tree
-        params[f"initial_state_{k}"] = vectors
-    return params
-
-
-def _linen_predict(cell, sd, learned, num_layers, bidirectional, x):
-    model = _linen_model(cell, num_layers, bidirectional)
-    params = _linen_params(cell, sd, learned, bidirectional)
-    return np.asarray(model.apply({"params": params}, x))
-
-
-def _train_linen(cell, num_layers, bidirectional, x):
-    import optax
-
-    model = _linen_model(cell, num_layers, bidirectional)
-    params = model.init(jax.random.key(0), x)["params"]
-    target = _target(bidirectional)
-    opt = optax.adam(LEARN_RATE)
-
-    @jax.jit
-    def step(params, opt_state):
-        def loss(p):
-            return ((model.apply({"params": p}, x) - target) ** 2).mean()
-
-        updates, opt_state = opt.update(jax.grad(loss)(params), opt_state)
-        return optax.apply_updates(params, updates), opt_state
-
-    opt_state = opt.init(params)
-    for _ in range(LEARN_STEPS):
-        params, opt_state = step(params, opt_state)
-    params = jax.tree_util.tree_map(np.asarray, params)
-    sd = P.linen_to_torch([params[f"rnn_{k}"] for k in range(num_layers)], cell)
-    per_layer = [params[f"initial_state_{k}"] for k in range(num_layers)]
-    return sd, P.learned_state_from_layers(per_layer, cell)
-
-
-def _nnx_model(cell, num_layers, bidirectional):
-    from reference_impl.flax import nnx as rn
-
-    def rnn(fin):
-        return nnx.RNN(NNX_CELLS[cell](fin, HIDDEN, rngs=nnx.Rngs(0)))
-
-    stack = []
-    for k in range(num_layers):
-        fin = INPUT if k == 0 else HIDDEN * (2 if bidirectional else 1)
-        stack.append(nnx.Bidirectional(rnn(fin), rnn(fin)) if bidirectional else rnn(fin))
-    return rn.InitialStateRNN(stack, strategy="learnable", rngs=nnx.Rngs(0))
-
-
-def _nnx_load(module, tree):
-    params = nnx.state(module, nnx.Param)
-    nnx.replace_by_pure_dict(params, tree)
-    nnx.update(module, params)
-
-
-def _nnx_predict(cell, sd, learned, num_layers, bidirectional, x):
-    model = _nnx_model(cell, num_layers, bidirectional)
-    per_layer = P.learned_state_per_layer(learned, cell, bidirectional=bidirectional)
-    for k, (tree, vectors) in enumerate(zip(P.torch_to_nnx(sd, cell), per_layer, strict=True)):
-        _nnx_load(model.rnn[k], tree)
-        _nnx_load(model.initial_state[k], vectors)
-    return np.asarray(model(x))
-
-
-def _train_nnx(cell, num_layers, bidirectional, x):
-    import optax
-
-    model = _nnx_model(cell, num_layers, bidirectional)
-    target = _target(bidirectional)
-    optimizer = nnx.Optimizer(model, optax.adam(LEARN_RATE), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer):
-        def loss(model):
-            return ((model(x) - target) ** 2).mean()
-
-        optimizer.update(model, nnx.grad(loss)(model))
-
-    for _ in range(LEARN_STEPS):
-        step(model, optimizer)
-    trees = [nnx.to_pure_dict(nnx.state(model.rnn[k], nnx.Param)) for k in range(num_layers)]
-    trees = jax.tree_util.tree_map(np.asarray, trees)
-    per_layer = [
-        {n: np.asarray(getattr(model.initial_state[k], n)[...]) for n in "hc"[: _ncomp(cell)]}
-        for k in range(num_layers)
-    ]
-    return P.nnx_to_torch(trees, cell), P.learned_state_from_layers(per_layer, cell)
-
-
-PREDICT = {
-    "torch": _torch_predict,
-    "keras": _keras_predict,
-    "linen": _linen_predict,
-    "nnx": _nnx_predict,
-}
-TRAIN = {"torch": _train_torch, "keras": _train_keras, "linen": _train_linen, "nnx": _train_nnx}
-LEARNED_CASES = [("torch", c, n, b) for c in CELLS for n, b in ((1, False), (2, True))] + [
-    (f, "lstm", 1, True) for f in ("keras", "linen", "nnx")
-]
-
-
-@pytest.mark.parametrize(
-    ("trained_in", "cell", "num_layers", "bidirectional"),
-    LEARNED_CASES,
-    ids=[f"{f}-{c}-{n}layer-{'bi' if b else 'uni'}" for f, c, n, b in LEARNED_CASES],
-)
-def test_learned_state_moves_between_frameworks(trained_in, cell, num_layers, bidirectional):
-    x = _inputs()
-    sd, learned = TRAIN[trained_in](cell, num_layers, bidirectional, x)
-    comps = learned if cell == "lstm" else (learned,)
-    rows = num_layers * (2 if bidirectional else 1)
-    assert all(c.shape == (rows, HIDDEN) for c in comps)
-    assert min(np.abs(c).max() for c in comps) > 0.05  # really learned, not zeros
-    # The numpy reference: the learned vectors broadcast over the batch.
-    state = tuple(np.broadcast_to(c[:, None, :], (rows, BATCH, HIDDEN)) for c in comps)
-    ref, _ = P.numpy_forward("torch", sd, x, state if cell == "lstm" else state[0], cell=cell)
-    zero_state, _ = P.numpy_forward("torch", sd, x, cell=cell)
-    assert P.max_abs_diff(ref, zero_state) > 100 * TOL  # the learned state matters
-    for framework, predict in PREDICT.items():
-        y = predict(cell, sd, learned, num_layers, bidirectional, x)
-        d = P.max_abs_diff(y, ref)
-        assert d < TOL, f"trained in {trained_in}, run in {framework}: {d:.2e} >= {TOL}"
-
-
-def test_a_trained_b_hn_does_not_move_to_nnx():
-    # A GRU trained in Keras (or linen, or PyTorch without holding b_hn at zero)
-    # learns a nonzero b_hn; NNX's GRUCell cannot hold it, and the converter says so.
-    x = _inputs()
-    sd, learned = _train_keras("gru", 1, False, x)
-    assert np.abs(sd["bias_hh_l0"][2 * HIDDEN :]).max() > 1e-3
-    with pytest.raises(ValueError, match="b_hn"):
-        P.torch_to_nnx(sd, "gru")
-    ref = _torch_predict("gru", sd, learned, 1, False, x)
-    assert P.max_abs_diff(_linen_predict("gru", sd, learned, 1, False, x), ref) < TOL
+    again = P.torch_to_keras(sd, "lstm", use_bias=False)[0]
+    assert all(np.array_equal(a, b) for a, b in zip(again, weights, strict=True))
