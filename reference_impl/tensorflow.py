@@ -571,7 +571,7 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
 
     @property
     def noise_size(self) -> int:
-        """Noise values per step and batch row: the sum of the state sizes."""
+        """The number of noise values per step and batch row (the sum of the state sizes)."""
         return int(np.sum(self.cell.state_size))
 
     @property
