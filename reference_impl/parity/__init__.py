@@ -2,9 +2,9 @@
 
 PyTorch, Keras 3 and Flax (linen and NNX) compute the same GRU, LSTM and simple RNN
 up to the order of the gates, where the biases sit and how a layer is stacked. This
-package states those differences exactly (as data, in :mod:`.layouts`), carries one
-set of weights between the four layouts (:mod:`.converters`), and runs each
-framework's cell equations in plain numpy (float64, :mod:`.cells`), so every
+package states those differences exactly (as data, in ``parity.layouts``), carries one
+set of weights between the four layouts (``parity.converters``), and runs each
+framework's cell equations in plain numpy (float64, ``parity.cells``), so every
 framework can be checked against the same reference.
 
 The hub is PyTorch's ``state_dict`` (``weight_ih_l{k}{_reverse}``, ``weight_hh_l{k}``,

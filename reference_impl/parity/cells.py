@@ -257,14 +257,13 @@ def _cast(tree: Any, dtype: Any) -> Any:
     return np.asarray(tree, dtype=dtype)
 
 
-def _initial(state: Any, cell: str, shape: tuple[int, int, int], dtype: Any) -> dict[str, Any]:
+def _initial(state: Any, cell: str, shapes: tuple, dtype: Any) -> dict[str, Any]:
+    """The initial state by component name, zeros when ``None``; shapes from the spec."""
     names = L.components(cell)
     if state is None:
-        return {name: np.zeros(shape, dtype=dtype) for name in names}
-    comps = dict(zip(names, components(state, cell), strict=True))
-    return {
-        name: check_shape(np.asarray(c, dtype=dtype), shape, "state") for name, c in comps.items()
-    }
+        return {n: np.zeros(shape, dtype=dtype) for n, shape in zip(names, shapes, strict=True)}
+    given = zip(names, components(state, cell), shapes, strict=True)
+    return {name: check_shape(np.asarray(c, dtype), shape, "state") for name, c, shape in given}
 
 
 def _run_direction(framework, cell, p, init, x, reverse, options) -> tuple[dict, np.ndarray]:
@@ -317,7 +316,8 @@ def numpy_forward(
         raise ValueError(f"x must be (batch, time, features); got shape {x.shape}")
     dirs, hidden = _STACKS[framework](params, cell)
     d = len(dirs[0])
-    comps = _initial(state, cell, (len(dirs) * d, x.shape[0], hidden), dtype)
+    sizes = {"hidden_size": hidden, "batch_size": x.shape[0], "num_layers": len(dirs)}
+    comps = _initial(state, cell, spec.state_shapes(cell, **sizes, bidirectional=d == 2), dtype)
     finals: dict[str, list[np.ndarray]] = {name: [] for name in comps}
     inputs = x
     for layer, per_direction in enumerate(dirs):

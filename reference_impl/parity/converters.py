@@ -80,7 +80,7 @@ def _stack_keys(keys: set[str], cell: str) -> tuple[int, bool]:
     return num_layers, bidirectional
 
 
-def describe_torch(state_dict: Tree, cell: str) -> dict[str, Any]:
+def describe_torch(state_dict: Mapping[str, Any], cell: str) -> dict[str, Any]:
     """``input_size``, ``hidden_size``, ``num_layers`` and ``bidirectional`` of a PyTorch
     ``nn.GRU``/``nn.LSTM``/``nn.RNN`` state dict; a missing key, a wrong shape, a
     ``weight_hr`` (``proj_size > 0``) or an unknown key raises a ``ValueError`` naming it.
@@ -325,13 +325,13 @@ def _flax_pack(per_direction: list[dict[tuple, Any]]) -> dict[str, Any]:
 
 
 def torch_to_keras(
-    state_dict: Tree, cell: str, *, reset_after: bool = True, use_bias: bool = True
+    state_dict: Mapping[str, Any], cell: str, *, reset_after: bool = True, use_bias: bool = True
 ) -> list[list[np.ndarray]]:
     """PyTorch ``state_dict`` to one ``set_weights`` list per Keras layer.
 
     ``[kernel, recurrent_kernel, bias]`` of a ``GRU``/``LSTM``/``SimpleRNN``, forward
     then backward for ``Bidirectional(..., merge_mode="concat")``, laid out as
-    :data:`~reference_impl.parity.layouts.KERAS` says. ``reset_after=False`` raises
+    ``parity.layouts.KERAS`` says. ``reset_after=False`` raises
     (another cell), and so does ``use_bias=False`` unless every bias is zero.
 
     >>> sd = random_state_dict("gru", 3, 4, num_layers=2, bidirectional=True)
@@ -380,13 +380,13 @@ def keras_to_torch(
     return _to_torch(layers, cell, unpack, layout_of, "list of Keras weights")
 
 
-def torch_to_linen(state_dict: Tree, cell: str) -> list[dict[str, Any]]:
+def torch_to_linen(state_dict: Mapping[str, Any], cell: str) -> list[dict[str, Any]]:
     """PyTorch ``state_dict`` to Flax linen params, one tree per layer.
 
     Each tree is the ``params`` of ``nn.RNN(cell)`` (``{"cell": ...}``) or of
     ``nn.Bidirectional`` (``{"forward_rnn": {"cell": ...}, "backward_rnn": ...}``), for
     ``nn.GRUCell`` (exactly PyTorch's GRU), ``nn.LSTMCell``/``nn.OptimizedLSTMCell`` or
-    ``nn.SimpleCell``, laid out as :data:`~reference_impl.parity.layouts.LINEN` says.
+    ``nn.SimpleCell``, laid out as ``parity.layouts.LINEN`` says.
 
     >>> tree = torch_to_linen(random_state_dict("gru", 3, 4), "gru")[0]
     >>> sorted(tree["cell"]), tree["cell"]["hn"]["bias"].shape
@@ -396,7 +396,7 @@ def torch_to_linen(state_dict: Tree, cell: str) -> list[dict[str, Any]]:
     return _from_torch(state_dict, cell, L.LINEN[cell], _flax_pack)
 
 
-def linen_to_torch(layers: Sequence[Tree], cell: str) -> dict[str, np.ndarray]:
+def linen_to_torch(layers: Sequence[Mapping[str, Any]], cell: str) -> dict[str, np.ndarray]:
     """Flax linen params, one tree per layer (see :func:`torch_to_linen`; may be wrapped in
     ``{"params": ...}``), to a ``state_dict``; summed biases come back on ``bias_ih``.
 
@@ -409,14 +409,16 @@ def linen_to_torch(layers: Sequence[Tree], cell: str) -> dict[str, np.ndarray]:
     return _to_torch(layers, cell, flax_directions, lambda t: L.LINEN[cell], "linen param tree")
 
 
-def torch_to_nnx(state_dict: Tree, cell: str, *, lstm_cell: str = "LSTMCell") -> list[dict]:
+def torch_to_nnx(
+    state_dict: Mapping[str, Any], cell: str, *, lstm_cell: str = "LSTMCell"
+) -> list[dict[str, Any]]:
     """PyTorch ``state_dict`` to Flax NNX params, one pure-dict tree per layer.
 
     Each tree is ``nnx.to_pure_dict(nnx.state(layer, nnx.Param))`` of ``nnx.RNN(cell)``
     or ``nnx.Bidirectional`` (keys as for linen); load it with
     ``nnx.replace_by_pure_dict`` and ``nnx.update``. Cells: ``nnx.GRUCell`` (no ``b_hn``:
     a nonzero one raises), ``nnx.LSTMCell`` or ``lstm_cell="OptimizedLSTMCell"``,
-    ``nnx.SimpleCell``, laid out as :data:`~reference_impl.parity.layouts.NNX` says.
+    ``nnx.SimpleCell``, laid out as ``parity.layouts.NNX`` says.
 
     >>> sd = random_state_dict("gru", 3, 4)
     >>> torch_to_nnx(sd, "gru")
@@ -434,7 +436,7 @@ def torch_to_nnx(state_dict: Tree, cell: str, *, lstm_cell: str = "LSTMCell") ->
     return _from_torch(state_dict, cell, layout, _flax_pack)
 
 
-def nnx_to_torch(layers: Sequence[Tree], cell: str) -> dict[str, np.ndarray]:
+def nnx_to_torch(layers: Sequence[Mapping[str, Any]], cell: str) -> dict[str, np.ndarray]:
     """Flax NNX params, one pure-dict tree per layer (see :func:`torch_to_nnx`), to a state dict.
 
     The LSTM cell is read from the keys; a GRU comes back with ``b_hn = 0``.
@@ -450,7 +452,7 @@ def nnx_to_torch(layers: Sequence[Tree], cell: str) -> dict[str, np.ndarray]:
     )
 
 
-def canonical_torch(state_dict: Tree, cell: str) -> dict[str, np.ndarray]:
+def canonical_torch(state_dict: Mapping[str, Any], cell: str) -> dict[str, np.ndarray]:
     """The same network with every bias that Keras and Flax sum moved onto ``bias_ih``.
 
     GRU: ``b_hr`` and ``b_hz`` (``b_hn`` sits inside ``r * (...)``); LSTM and simple
