@@ -293,9 +293,15 @@ def inverse_softplus(y: float) -> float:
     return float(y + math.log(-math.expm1(-y)))
 
 
-def noise_std_from_raw(rho: np.ndarray | float, min_std: float = 0.0) -> np.ndarray | float:
-    """A learnable std from its raw parameter: ``min_std + softplus(rho)``, always > 0."""
-    return min_std + softplus(rho)
+def noise_std_from_raw(
+    rho: Any, min_std: float = 0.0, softplus_fn: Callable[[Any], Any] | None = None
+) -> Any:
+    """A learnable std from its raw parameter: ``min_std + softplus(rho)``, always > 0.
+
+    The one place the formula is written; ``softplus_fn`` is the framework's softplus
+    (numpy's by default). :meth:`NoiseStd.from_raw` calls it.
+    """
+    return min_std + (softplus_fn or softplus)(rho)
 
 
 # --------------------------------------------------------------------------- strategies
@@ -354,7 +360,7 @@ class NoiseStd:
         """
         if not self.learnable:
             return raw
-        return self.min_std + (softplus_fn or softplus)(raw)
+        return noise_std_from_raw(raw, self.min_std, softplus_fn)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -160,26 +160,30 @@ def _assemble(kind: str, parts: Mapping[str, Array]) -> Carry:
     return (parts["c"], parts["h"]) if kind == "lstm" else parts["h"]
 
 
+def _plan(strategy: str, options: Mapping[str, Any]) -> spec.Strategy:
+    """The strategy's plan (see :func:`reference_impl.spec.make`), which both APIs execute."""
+    return spec.make(strategy, **options)
+
+
 def _learnable_base(strategy: str, options: Mapping[str, Any]) -> bool:
-    return strategy == "learnable" or (strategy == "noisy" and options["base"] == "learnable")
+    return _plan(strategy, options).source == "param"
 
 
 def _stored(strategy: str, options: Mapping[str, Any]) -> bool:
-    return strategy in ("uniform", "xavier") and not options["resample"]
+    return _plan(strategy, options).source == "stored"
 
 
 def _resampled(strategy: str, options: Mapping[str, Any]) -> bool:
-    return strategy in ("uniform", "xavier") and bool(options["resample"])
+    return _plan(strategy, options).source == "draw"
 
 
 def _draws_noise(strategy: str, options: Mapping[str, Any]) -> bool:
-    return strategy == "noisy" and (options["learnable_std"] or options["noise_std"] > 0)
+    noise = _plan(strategy, options).noise
+    return noise is not None and noise.draws
 
 
 def _bound(strategy: str, options: Mapping[str, Any], features: int) -> float:
-    if strategy == "uniform":
-        return spec.uniform_bound(features, options["bound"])
-    return spec.xavier_bound(features, options["gain"])
+    return _plan(strategy, options).draw_bound(features)
 
 
 def _uniform(key: Array, shape: tuple[int, ...], bound: float, dtype: Dtype) -> Array:
@@ -208,13 +212,13 @@ def _learnable_initializer(init: str | Callable, features: int) -> Initializer:
         return from_callable
     if init == "zeros":
         return lambda key, shape, dtype: jnp.zeros(shape, dtype)
-    bound = spec.uniform_bound(features) if init == "uniform" else spec.xavier_bound(features)
+    bound = spec.make("learnable", init=init).vector_init(features)
     return lambda key, shape, dtype: _uniform(key, shape, bound, dtype)
 
 
 def _std_from_raw(raw: Array, min_std: float) -> Array:
-    """A learnable std, ``min_std + softplus(raw)``: positive and never below the floor."""
-    return min_std + jax.nn.softplus(raw)
+    """A learnable std, ``min_std + softplus(raw)`` (spec's rule, with JAX's softplus)."""
+    return spec.noise_std_from_raw(raw, min_std, jax.nn.softplus)
 
 
 def _add_noise(carry: Carry, key: Array, std: Array) -> Carry:
@@ -408,7 +412,7 @@ def _deterministic(module: nn.Module, value: bool | None, what: str) -> bool:
 
 def _noise_std(module: nn.Module, noise_std: float, learnable_std: bool, min_std: float) -> Array:
     if learnable_std:
-        rho = spec.inverse_softplus(noise_std - min_std)
+        rho = spec.NoiseStd(noise_std, learnable_std, min_std).raw()
         raw = module.param(
             "std_raw", lambda key, shape, dtype: jnp.full(shape, rho, dtype), (), jnp.float32
         )

@@ -282,7 +282,7 @@ class InitialState(nnx.Module):
                 key = _init_key(rngs, f"strategy {strategy!r} with resample=False")
                 setattr(self, name, Buffer(_uniform(key, rows, bound, param_dtype)))
         if strategy == "noisy" and resolved["learnable_std"]:
-            rho = spec.inverse_softplus(resolved["noise_std"] - resolved["min_std"])
+            rho = spec.make(strategy, **resolved).noise.raw()
             self.std_raw = nnx.Param(jnp.asarray(rho, jnp.float32))
         stream = INITIAL_STATE_RNG if _resampled(strategy, resolved) else NOISE_RNG
         needs_stream = _resampled(strategy, resolved) or _draws_noise(strategy, resolved)
@@ -390,7 +390,7 @@ class NoisyCell(nnx.RNNCellBase):
         self.deterministic = _check_deterministic(deterministic)
         self.rng_collection = rng_collection
         if self.learnable_std:
-            rho = spec.inverse_softplus(opts["noise_std"] - opts["min_std"])
+            rho = spec.NoiseStd(opts["noise_std"], True, opts["min_std"]).raw()
             self.std_raw = nnx.Param(jnp.asarray(rho, jnp.float32))
         self.rngs = _fork(_seeded(rngs, opts["seed"]), rng_collection)
 
