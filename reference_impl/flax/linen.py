@@ -165,27 +165,6 @@ def _plan(strategy: str, options: Mapping[str, Any]) -> spec.Strategy:
     return spec.make(strategy, **options)
 
 
-def _learnable_base(strategy: str, options: Mapping[str, Any]) -> bool:
-    return _plan(strategy, options).source == "param"
-
-
-def _stored(strategy: str, options: Mapping[str, Any]) -> bool:
-    return _plan(strategy, options).source == "stored"
-
-
-def _resampled(strategy: str, options: Mapping[str, Any]) -> bool:
-    return _plan(strategy, options).source == "draw"
-
-
-def _draws_noise(strategy: str, options: Mapping[str, Any]) -> bool:
-    noise = _plan(strategy, options).noise
-    return noise is not None and noise.draws
-
-
-def _bound(strategy: str, options: Mapping[str, Any], features: int) -> float:
-    return _plan(strategy, options).draw_bound(features)
-
-
 def _uniform(key: Array, shape: tuple[int, ...], bound: float, dtype: Dtype) -> Array:
     # Drawn in float32 and cast, so one key gives the same numbers in every dtype,
     # up to rounding.
@@ -196,8 +175,10 @@ def _normal(key: Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
     return jax.random.normal(key, shape, jnp.float32).astype(dtype)
 
 
-def _learnable_initializer(init: str | Callable, features: int) -> Initializer:
-    """A Flax-style initializer ``(key, shape, dtype)`` for the learnable vectors."""
+def _vector_initializer(plan: spec.Strategy, features: int) -> Initializer:
+    """A Flax-style initializer ``(key, shape, dtype)`` for the stored or learnable
+    vectors, from ``plan.vector_init``: zeros, ``U(-b, b)`` or the user's callable."""
+    init = plan.vector_init(features)
     if callable(init):
 
         def from_callable(key: Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
@@ -210,10 +191,9 @@ def _learnable_initializer(init: str | Callable, features: int) -> Initializer:
             return value.astype(dtype)
 
         return from_callable
-    if init == "zeros":
+    if init is None:
         return lambda key, shape, dtype: jnp.zeros(shape, dtype)
-    bound = spec.make("learnable", init=init).vector_init(features)
-    return lambda key, shape, dtype: _uniform(key, shape, bound, dtype)
+    return lambda key, shape, dtype: _uniform(key, shape, init, dtype)
 
 
 def _std_from_raw(raw: Array, min_std: float) -> Array:
@@ -263,8 +243,7 @@ def _check_batch_dim(size: Any) -> Any:
 
 
 def _make_state(
-    strategy: str,
-    options: Mapping[str, Any],
+    plan: spec.Strategy,
     cell: _CellInfo,
     directions: int,
     batch_shape: tuple[int, ...],
@@ -294,7 +273,7 @@ def _make_state(
             )
             state = jnp.broadcast_to(vec, shape)
         elif draw_keys is not None:
-            state = _uniform(draw_keys[i], shape, _bound(strategy, options, features), dtype)
+            state = _uniform(draw_keys[i], shape, plan.draw_bound(features), dtype)
         else:
             state = jnp.zeros(shape, dtype)
         if noise_keys is not None:
@@ -548,33 +527,32 @@ class InitialState(_InitialStateFields):
         """The initial carry for ``batch_shape`` (``()`` for one unbatched sequence)."""
         batch_shape = _check_batch_shape(batch_shape)
         strategy, options = self.strategy, self.options
+        plan = _plan(strategy, options)
         directions = 2 if self.bidirectional else 1
         rows = (directions, self.features)
 
         vectors = None
-        if _learnable_base(strategy, options):
-            init = options["init"] if strategy == "learnable" else "zeros"
-            initializer = _learnable_initializer(init, self.features)
+        if plan.source == "param":
+            initializer = _vector_initializer(plan, self.features)
             vectors = {
                 n: self.param(n, initializer, rows, self.param_dtype)
                 for n in _components(self.cell)
             }
-        elif _stored(strategy, options):
+        elif plan.source == "stored":
             vectors = {n: self._buffer(n, rows) for n in _components(self.cell)}
 
         draw_key = noise_key = std = None
-        if _resampled(strategy, options):
+        if plan.source == "draw":
             draw_key = _rng_key(self, INITIAL_STATE_RNG, f"strategy {strategy!r}")
-        if strategy == "noisy":
+        if plan.noise is not None:
             std = _noise_std(
                 self, options["noise_std"], options["learnable_std"], options["min_std"]
             )
             noisy_now = not _deterministic(self, deterministic, "strategy 'noisy'")
-            if noisy_now and _draws_noise(strategy, options):
+            if noisy_now and plan.noise.draws:
                 noise_key = _rng_key(self, NOISE_RNG, "strategy 'noisy' with deterministic=False")
         return _make_state(
-            strategy,
-            options,
+            plan,
             self._info(),
             directions,
             batch_shape,
@@ -592,7 +570,7 @@ class InitialState(_InitialStateFields):
                 f"was not given: pass every collection returned by init, e.g. "
                 f"model.apply(variables, ...), not only {{'params': ...}}"
             )
-        bound = _bound(self.strategy, self.options, self.features)
+        bound = _plan(self.strategy, self.options).draw_bound(self.features)
         var = self.variable(
             BUFFERS,
             name,

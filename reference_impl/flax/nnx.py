@@ -69,23 +69,19 @@ from reference_impl.flax.linen import (
     Dtype,
     _add_noise,
     _batch_shape_of,
-    _bound,
     _CellInfo,
     _check_batch_shape,
     _check_carry,
     _components,
-    _draws_noise,
     _expected_carry,
     _LayerInfo,
     _layout_hint,
-    _learnable_base,
-    _learnable_initializer,
     _make_state,
-    _resampled,
+    _plan,
     _resolve_options,
     _std_from_raw,
-    _stored,
     _uniform,
+    _vector_initializer,
 )
 from reference_impl.flax.linen import _resolve_cell as _linen_resolve_cell
 
@@ -270,22 +266,22 @@ class InitialState(nnx.Module):
         self.options = FrozenDict(resolved)
 
         rows = (2 if self.bidirectional else 1, features)
-        if _learnable_base(strategy, resolved):
-            init = resolved["init"] if strategy == "learnable" else "zeros"
-            initializer = _learnable_initializer(init, features)
+        plan = _plan(strategy, resolved)
+        if plan.source == "param":
+            initializer = _vector_initializer(plan, features)
             for name in _components(kind):
-                key = _init_key(rngs, f"init={init!r}") if init != "zeros" else None
+                init = plan.vector_init(features)
+                key = _init_key(rngs, f"init={resolved['init']!r}") if init is not None else None
                 setattr(self, name, nnx.Param(initializer(key, rows, param_dtype)))
-        elif _stored(strategy, resolved):
-            bound = _bound(strategy, resolved, features)
+        elif plan.source == "stored":
+            bound = plan.draw_bound(features)
             for name in _components(kind):
                 key = _init_key(rngs, f"strategy {strategy!r} with resample=False")
                 setattr(self, name, Buffer(_uniform(key, rows, bound, param_dtype)))
-        if strategy == "noisy" and resolved["learnable_std"]:
-            rho = spec.make(strategy, **resolved).noise.raw()
-            self.std_raw = nnx.Param(jnp.asarray(rho, jnp.float32))
-        stream = INITIAL_STATE_RNG if _resampled(strategy, resolved) else NOISE_RNG
-        needs_stream = _resampled(strategy, resolved) or _draws_noise(strategy, resolved)
+        if plan.noise is not None and plan.noise.learnable:
+            self.std_raw = nnx.Param(jnp.asarray(plan.noise.raw(), jnp.float32))
+        stream = INITIAL_STATE_RNG if plan.source == "draw" else NOISE_RNG
+        needs_stream = plan.source == "draw" or (plan.noise is not None and plan.noise.draws)
         self.rngs = _fork(rngs, stream) if needs_stream else nnx.data(None)
 
     @property
@@ -307,23 +303,23 @@ class InitialState(nnx.Module):
         """The initial carry for ``batch_shape`` (``()`` for one unbatched sequence)."""
         batch_shape = _check_batch_shape(batch_shape)
         strategy, options = self.strategy, self.options
+        plan = _plan(strategy, options)
         vectors = None
-        if _learnable_base(strategy, options) or _stored(strategy, options):
+        if plan.source in ("param", "stored"):
             vectors = {n: getattr(self, n)[...] for n in _components(self.cell)}
         draw_key = noise_key = std = None
-        if _resampled(strategy, options):
+        if plan.source == "draw":
             what = f"strategy {strategy!r} with resample=True"
             draw_key = _call_key(rngs, self.rngs, INITIAL_STATE_RNG, what)
-        if strategy == "noisy":
+        if plan.noise is not None:
             std = self.noise_std
             if deterministic is None:
                 deterministic = self.deterministic
-            if not _check_deterministic(deterministic) and _draws_noise(strategy, options):
+            if not _check_deterministic(deterministic) and plan.noise.draws:
                 what = "strategy 'noisy' with deterministic=False"
                 noise_key = _call_key(rngs, self.rngs, NOISE_RNG, what)
         return _make_state(
-            strategy,
-            options,
+            plan,
             _CellInfo(self.cell, self.features, self.param_dtype),
             2 if self.bidirectional else 1,
             batch_shape,
