@@ -53,16 +53,12 @@ LSTM carries
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-import numpy as np
 
 from reference_impl._extras import missing_framework
 
 try:
-    import jax
     import jax.numpy as jnp
     from flax import linen as nn
     from flax.core import FrozenDict
@@ -70,6 +66,8 @@ except ModuleNotFoundError as _error:  # say which extra installs it
     raise missing_framework(__name__, _error) from _error
 
 from reference_impl import STRATEGIES, spec
+from reference_impl.flax import _common as C
+from reference_impl.flax._common import INITIAL_STATE_RNG, NOISE_RNG, Array, Carry, Dtype
 
 __all__ = [
     "BUFFERS",
@@ -83,45 +81,17 @@ __all__ = [
 
 BUFFERS = "buffers"
 """Collection holding the non-trainable draws of ``resample=False``."""
-INITIAL_STATE_RNG = "initial_state"
-"""Rng stream of the per-call draws of ``uniform``/``xavier`` with ``resample=True``."""
-NOISE_RNG = "noise"
-"""Rng stream of the ``noisy`` strategy and of :class:`NoisyCell`."""
 
-Array = jax.Array
-Carry = Any
-Dtype = Any
-Initializer = Callable[[Array, tuple[int, ...], Dtype], Array]
-
-# --------------------------------------------------------------------------- shared
-# Helpers used by both Flax APIs (``reference_impl.flax.nnx`` imports them): they
-# depend on JAX and the spec only, never on a linen or NNX class.
+_KINDS = (
+    ((nn.LSTMCell, nn.OptimizedLSTMCell), "lstm"),
+    ((nn.GRUCell,), "gru"),
+    ((nn.SimpleCell,), "rnn"),
+)
+_SUPPORTED = "nn.GRUCell, nn.LSTMCell, nn.OptimizedLSTMCell, nn.SimpleCell or ri.NoisyCell"
 
 
-@dataclasses.dataclass(frozen=True)
-class _CellInfo:
-    """What an initial state needs to know about a cell."""
-
-    kind: str  # "gru", "lstm" or "rnn"
-    features: int
-    param_dtype: Dtype
-
-
-@dataclasses.dataclass(frozen=True)
-class _LayerInfo:
-    """What an initial state needs to know about one wrapped layer."""
-
-    cell: _CellInfo
-    directions: int
-    time_major: bool
-    return_carry: bool
-
-
-def _resolve_options(strategy: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec's validation and defaults; an option given as ``None`` means its default."""
-    strategy = spec.check_strategy(strategy)
-    given = {k: v for k, v in dict(options).items() if v is not None}
-    return spec.resolve_options(strategy, given)
+def _cell_info(cell: object) -> C.CellInfo:
+    return C.cell_info(cell, _KINDS, f"Flax linen {_SUPPORTED}")
 
 
 def _reject_seed(seed: int | None, where: str) -> None:
@@ -133,234 +103,19 @@ def _reject_seed(seed: int | None, where: str) -> None:
         )
 
 
-def _constructor_options(
-    strategy: str, options: dict[str, Any], where: str
-) -> tuple[dict[str, Any], str, dict[str, Any]]:
+def _constructor_options(strategy: Any, options: dict[str, Any], where: str) -> tuple:
     """Split a linen constructor's keywords into Module arguments and strategy options.
 
     Linen rebuilds modules from their fields (``options=...``) as well as from the
-    user's keywords, so both forms are merged; the options are then validated by the
-    spec and a ``seed`` is refused. Returns ``(module_args, strategy, options)``.
+    user's keywords, so both forms are merged; the spec validates them and a ``seed``
+    is refused. Returns ``(module_args, strategy name, options)``.
     """
     module_args = {k: options.pop(k) for k in ("parent", "name") if k in options}
     given = dict(options.pop("options", None) or {})
     given.update(options)
-    strategy = spec.check_strategy(strategy)
-    resolved = _resolve_options(strategy, given)
-    _reject_seed(resolved.get("seed"), where)
-    return module_args, strategy, resolved
-
-
-def _components(kind: str) -> tuple[str, ...]:
-    return ("h", "c") if kind == "lstm" else ("h",)
-
-
-def _assemble(kind: str, parts: Mapping[str, Array]) -> Carry:
-    # Flax LSTM cells carry (c, h): the memory first.
-    return (parts["c"], parts["h"]) if kind == "lstm" else parts["h"]
-
-
-def _plan(strategy: str, options: Mapping[str, Any]) -> spec.Strategy:
-    """The strategy's plan (see :func:`reference_impl.spec.make`), which both APIs execute."""
-    return spec.make(strategy, **options)
-
-
-def _uniform(key: Array, shape: tuple[int, ...], bound: float, dtype: Dtype) -> Array:
-    # Drawn in float32 and cast, so one key gives the same numbers in every dtype,
-    # up to rounding.
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
-
-
-def _normal(key: Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
-    return jax.random.normal(key, shape, jnp.float32).astype(dtype)
-
-
-def _vector_initializer(plan: spec.Strategy, features: int) -> Initializer:
-    """A Flax-style initializer ``(key, shape, dtype)`` for the stored or learnable
-    vectors, from ``plan.vector_init``: zeros, ``U(-b, b)`` or the user's callable."""
-    init = plan.vector_init(features)
-    if callable(init):
-
-        def from_callable(key: Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
-            value = jnp.asarray(init(key, shape, dtype))
-            if value.shape != tuple(shape):
-                raise ValueError(
-                    f"init returned shape {value.shape}; expected {tuple(shape)} "
-                    "(directions, features)"
-                )
-            return value.astype(dtype)
-
-        return from_callable
-    if init is None:
-        return lambda key, shape, dtype: jnp.zeros(shape, dtype)
-    return lambda key, shape, dtype: _uniform(key, shape, init, dtype)
-
-
-def _std_from_raw(raw: Array, min_std: float) -> Array:
-    """A learnable std, ``min_std + softplus(raw)`` (spec's rule, with JAX's softplus)."""
-    return spec.noise_std_from_raw(raw, min_std, jax.nn.softplus)
-
-
-def _add_noise(carry: Carry, key: Array, std: Array) -> Carry:
-    """``carry`` plus independent ``N(0, std^2)`` noise on every component.
-
-    Inside a scan every random op costs per step, so all components are drawn in
-    one call (Flax carries hold components of one shape) rather than one key split
-    and one draw per component.
-    """
-    leaves, treedef = jax.tree.flatten(carry)
-    first = leaves[0]
-    if all(leaf.shape == first.shape and leaf.dtype == first.dtype for leaf in leaves):
-        noise = _normal(key, (len(leaves), *first.shape), first.dtype)
-        parts = [noise[i] for i in range(len(leaves))]
-    else:
-        keys = jax.random.split(key, len(leaves))
-        parts = [_normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]
-    scaled = [leaf + std.astype(leaf.dtype) * n for leaf, n in zip(leaves, parts, strict=True)]
-    return jax.tree.unflatten(treedef, scaled)
-
-
-def _check_batch_shape(batch_shape: int | Sequence[int]) -> tuple[int, ...]:
-    if isinstance(batch_shape, (int, np.integer)) and not isinstance(batch_shape, bool):
-        batch_shape = (batch_shape,)
-    if not isinstance(batch_shape, (tuple, list)):
-        raise TypeError(
-            f"batch_shape must be an int or a tuple of ints; got {batch_shape!r} "
-            f"of type {type(batch_shape).__name__}"
-        )
-    return tuple(_check_batch_dim(b) for b in batch_shape)
-
-
-def _check_batch_dim(size: Any) -> Any:
-    """A positive int, or a symbolic dimension (``jax.export`` with a dynamic batch).
-
-    A symbolic size is the size of a real input, taken as it is so the exported
-    function keeps its batch dynamic; anything else is checked.
-    """
-    if jax.export.is_symbolic_dim(size):
-        return size
-    return spec.check_positive_int("batch_shape entry", size)
-
-
-def _make_state(
-    plan: spec.Strategy,
-    cell: _CellInfo,
-    directions: int,
-    batch_shape: tuple[int, ...],
-    *,
-    vectors: Mapping[str, Array] | None,
-    draw_key: Array | None,
-    noise_key: Array | None,
-    std: Array | None,
-) -> Carry:
-    """The carry of one layer, given its variables and keys.
-
-    ``vectors`` holds the ``(directions, features)`` arrays (learnable or stored);
-    ``draw_key`` is set for a per-call draw, ``noise_key`` when noise is added.
-    Returns one cell carry, or a ``(forward, backward)`` pair when ``directions == 2``.
-    """
-    names = _components(cell.kind)
-    dtype, features = cell.param_dtype, cell.features
-    shape = (directions, *batch_shape, features)
-    draw_keys = jax.random.split(draw_key, len(names)) if draw_key is not None else None
-    noise_keys = jax.random.split(noise_key, len(names)) if noise_key is not None else None
-    rows = {}
-    for i, name in enumerate(names):
-        if vectors is not None:
-            # One vector per row, broadcast over the batch (never one per batch row).
-            vec = jnp.asarray(vectors[name], dtype).reshape(
-                directions, *(1,) * len(batch_shape), features
-            )
-            state = jnp.broadcast_to(vec, shape)
-        elif draw_keys is not None:
-            state = _uniform(draw_keys[i], shape, plan.draw_bound(features), dtype)
-        else:
-            state = jnp.zeros(shape, dtype)
-        if noise_keys is not None:
-            state = state + jnp.asarray(std, dtype) * _normal(noise_keys[i], shape, dtype)
-        rows[name] = state
-    carries = tuple(_assemble(cell.kind, {n: rows[n][d] for n in names}) for d in range(directions))
-    return carries[0] if directions == 1 else carries
-
-
-def _expected_carry(layer: _LayerInfo, batch_shape: tuple[int, ...]) -> Carry:
-    leaf = jax.ShapeDtypeStruct((*batch_shape, layer.cell.features), layer.cell.param_dtype)
-    one = _assemble(layer.cell.kind, {"h": leaf, "c": leaf})
-    return one if layer.directions == 1 else (one, one)
-
-
-def _describe(tree: Any) -> str:
-    """A short text for a carry: ``(array(4, 8), array(4, 8))``."""
-    if isinstance(tree, tuple):
-        inner = ", ".join(_describe(t) for t in tree)
-        return f"({inner},)" if len(tree) == 1 else f"({inner})"
-    if isinstance(tree, list):
-        return "[" + ", ".join(_describe(t) for t in tree) + "]"
-    if isinstance(tree, Mapping):
-        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in tree.items()) + "}"
-    if tree is None:
-        return "None"
-    if hasattr(tree, "shape"):
-        return f"array{tuple(tree.shape)}"
-    return type(tree).__name__
-
-
-def _layout_hint(layers: Sequence[_LayerInfo], stack: bool) -> str:
-    parts = []
-    if any(layer.cell.kind == "lstm" for layer in layers):
-        parts.append("an LSTM carry is a tuple (c, h)")
-    if any(layer.directions == 2 for layer in layers):
-        parts.append("a Bidirectional layer takes a pair (forward, backward)")
-    if stack:
-        parts.append("a stack takes a tuple with one carry per layer")
-    parts.append("each array is (*batch, features)")
-    return "; ".join(parts)
-
-
-def _check_carry(given: Carry, expected: Carry, hint: str) -> None:
-    """Raise unless ``given`` has the structure and shapes of ``expected``."""
-    if jax.tree.structure(given) != jax.tree.structure(expected) or not all(
-        hasattr(g, "shape") for g in jax.tree.leaves(given)
-    ):
-        raise TypeError(
-            f"initial_carry must be structured as {_describe(expected)} ({hint}); "
-            f"got {_describe(given)}"
-        )
-    for g, e in zip(jax.tree.leaves(given), jax.tree.leaves(expected), strict=True):
-        if tuple(g.shape) != tuple(e.shape):
-            raise ValueError(
-                f"initial_carry has shapes {_describe(given)}; expected {_describe(expected)} "
-                f"({hint})"
-            )
-
-
-def _batch_shape_of(inputs: Array, time_major: bool) -> tuple[int, ...]:
-    if inputs.ndim < 2:
-        raise ValueError(
-            "inputs must be (*batch, time, features), or (time, *batch, features) with "
-            f"time_major=True; got shape {tuple(inputs.shape)}"
-        )
-    return tuple(inputs.shape[1:-1] if time_major else inputs.shape[:-2])
-
-
-# --------------------------------------------------------------------------- linen
-
-_CELL_KINDS: tuple[tuple[tuple[type, ...], str], ...] = (
-    ((nn.LSTMCell, nn.OptimizedLSTMCell), "lstm"),
-    ((nn.GRUCell,), "gru"),
-    ((nn.SimpleCell,), "rnn"),
-)
-_SUPPORTED = "nn.GRUCell, nn.LSTMCell, nn.OptimizedLSTMCell, nn.SimpleCell or ri.NoisyCell"
-
-
-def _cell_info(cell: object) -> _CellInfo:
-    if isinstance(cell, NoisyCell):
-        return _cell_info(cell.cell)
-    for types, kind in _CELL_KINDS:
-        if isinstance(cell, types):
-            features = spec.check_positive_int("features", cell.features)
-            return _CellInfo(kind, features, cell.param_dtype)
-    raise TypeError(f"unsupported cell {type(cell).__name__}; expected a Flax linen {_SUPPORTED}")
+    plan = C.make_plan(strategy, given)
+    _reject_seed(plan.seed, where)
+    return module_args, plan.name, plan.options()
 
 
 def _rng_key(module: nn.Module, stream: str, what: str, hint: str = "") -> Array:
@@ -374,8 +129,7 @@ def _rng_key(module: nn.Module, stream: str, what: str, hint: str = "") -> Array
 
 
 def _deterministic(module: nn.Module, value: bool | None, what: str) -> bool:
-    if value is None:
-        value = module.deterministic
+    value = module.deterministic if value is None else value
     if value is None:
         if module.is_initializing():
             return True  # init draws no noise, so it needs no noise stream
@@ -384,44 +138,15 @@ def _deterministic(module: nn.Module, value: bool | None, what: str) -> bool:
             f"(training: noise from the {NOISE_RNG!r} rng stream), given to the constructor "
             "or to the call"
         )
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"deterministic must be True or False; got {value!r}")
-    return bool(value)
+    return C.check_deterministic(value)
 
 
-def _noise_std(module: nn.Module, noise_std: float, learnable_std: bool, min_std: float) -> Array:
-    if learnable_std:
-        rho = spec.NoiseStd(noise_std, learnable_std, min_std).raw()
-        raw = module.param(
-            "std_raw", lambda key, shape, dtype: jnp.full(shape, rho, dtype), (), jnp.float32
-        )
-        return _std_from_raw(raw, min_std)
-    return jnp.asarray(noise_std, jnp.float32)
-
-
-def _resolve_cell(
-    cell: Any,
-    features: int | None,
-    param_dtype: Dtype,
-    *,
-    module_type: type = nn.Module,
-    cell_info: Callable[[object], _CellInfo] | None = None,
-    supported: str = f"Flax linen {_SUPPORTED}",
-) -> tuple[str, int, Dtype]:
-    """Kind, features and dtype from a cell kind name or a cell (linen's, or NNX's)."""
-    if isinstance(cell, module_type):
-        info = (cell_info or _cell_info)(cell)
-        if features is not None and features != info.features:
-            raise ValueError(f"features={features!r} but the cell has {info.features} features")
-        return info.kind, info.features, info.param_dtype
-    if not isinstance(cell, str):
-        raise TypeError(
-            f"cell must be one of {spec.CELLS} or a {supported}; got {type(cell).__name__}"
-        )
-    kind = spec.check_cell(cell)
-    if features is None:
-        raise ValueError(f"cell={cell!r} needs features=<the hidden size>")
-    return kind, spec.check_positive_int("features", features), param_dtype
+def _noise_std(module: nn.Module, rule: spec.NoiseStd) -> Array:
+    """Sigma; a learnable one is the parameter ``"std_raw"`` of ``module``."""
+    raw = None
+    if rule.learnable:
+        raw = module.param("std_raw", lambda k, s, d: jnp.full(s, rule.raw(), d), (), jnp.float32)
+    return C.std_from_raw(rule, raw if rule.learnable else rule.std)
 
 
 class _InitialStateFields(nn.Module):
@@ -502,81 +227,55 @@ class InitialState(_InitialStateFields):
         module_args, strategy, resolved = _constructor_options(
             strategy, options, "reference_impl.flax.linen.InitialState"
         )
-        kind, features, param_dtype = _resolve_cell(cell, features, param_dtype)
-        if not isinstance(bidirectional, (bool, np.bool_)):
-            raise TypeError(f"bidirectional must be True or False; got {bidirectional!r}")
+        info = C.resolve_cell(cell, features, param_dtype, nn.Module, _cell_info)
         super().__init__(
             strategy=strategy,
-            cell=kind,
-            features=features,
-            bidirectional=bool(bidirectional),
+            cell=info.kind,
+            features=info.features,
+            bidirectional=C.check_bidirectional(bidirectional),
             options=FrozenDict(resolved),
-            param_dtype=param_dtype,
+            param_dtype=info.param_dtype,
             deterministic=deterministic,
             **module_args,
         )
-
-    @nn.nowrap
-    def _info(self) -> _CellInfo:
-        return _CellInfo(self.cell, self.features, self.param_dtype)
 
     @nn.compact
     def __call__(
         self, batch_shape: int | Sequence[int] = (), *, deterministic: bool | None = None
     ) -> Carry:
         """The initial carry for ``batch_shape`` (``()`` for one unbatched sequence)."""
-        batch_shape = _check_batch_shape(batch_shape)
-        strategy, options = self.strategy, self.options
-        plan = _plan(strategy, options)
-        directions = 2 if self.bidirectional else 1
-        rows = (directions, self.features)
-
-        vectors = None
+        batch_shape = C.check_batch_shape(batch_shape)
+        plan = C.make_plan(self.strategy, self.options)
+        info = C.CellInfo(self.cell, self.features, self.param_dtype)
+        rows = (2 if self.bidirectional else 1, self.features)
+        vectors = draw_key = noise = None
         if plan.source == "param":
-            initializer = _vector_initializer(plan, self.features)
-            vectors = {
-                n: self.param(n, initializer, rows, self.param_dtype)
-                for n in _components(self.cell)
-            }
+            init = C.vector_initializer(plan, self.features)
+            vectors = {n: self.param(n, init, rows, self.param_dtype) for n in info.names}
         elif plan.source == "stored":
-            vectors = {n: self._buffer(n, rows) for n in _components(self.cell)}
-
-        draw_key = noise_key = std = None
-        if plan.source == "draw":
-            draw_key = _rng_key(self, INITIAL_STATE_RNG, f"strategy {strategy!r}")
+            vectors = {n: self._buffer(plan, n, rows) for n in info.names}
+        elif plan.source == "draw":
+            draw_key = _rng_key(self, INITIAL_STATE_RNG, f"strategy {self.strategy!r}")
         if plan.noise is not None:
-            std = _noise_std(
-                self, options["noise_std"], options["learnable_std"], options["min_std"]
-            )
-            noisy_now = not _deterministic(self, deterministic, "strategy 'noisy'")
-            if noisy_now and plan.noise.draws:
-                noise_key = _rng_key(self, NOISE_RNG, "strategy 'noisy' with deterministic=False")
-        return _make_state(
-            plan,
-            self._info(),
-            directions,
-            batch_shape,
-            vectors=vectors,
-            draw_key=draw_key,
-            noise_key=noise_key,
-            std=std,
+            std = _noise_std(self, plan.noise)
+            if plan.noise.draws and not _deterministic(self, deterministic, "strategy 'noisy'"):
+                what = "strategy 'noisy' with deterministic=False"
+                noise = (_rng_key(self, NOISE_RNG, what), std)
+        return C.make_state(
+            plan, info, rows[0], batch_shape, vectors=vectors, draw_key=draw_key, noise=noise
         )
 
     @nn.nowrap
-    def _buffer(self, name: str, shape: tuple[int, int]) -> Array:
+    def _buffer(self, plan: spec.Strategy, name: str, shape: tuple[int, int]) -> Array:
         if not self.is_initializing() and not self.has_variable(BUFFERS, name):
             raise ValueError(
                 f"resample=False keeps its draw in the {BUFFERS!r} collection, which apply "
                 f"was not given: pass every collection returned by init, e.g. "
                 f"model.apply(variables, ...), not only {{'params': ...}}"
             )
-        bound = _plan(self.strategy, self.options).draw_bound(self.features)
-        var = self.variable(
-            BUFFERS,
-            name,
-            lambda: _uniform(self.make_rng("params"), shape, bound, self.param_dtype),
-        )
-        return var.value
+        bound = plan.draw_bound(self.features)
+        draw = lambda: C.uniform(self.make_rng("params"), shape, bound, self.param_dtype)  # noqa: E731
+        return self.variable(BUFFERS, name, draw).value
 
 
 class NoisyCell(nn.RNNCellBase):
@@ -613,37 +312,39 @@ class NoisyCell(nn.RNNCellBase):
     deterministic: bool | None = None
     rng_collection: str = NOISE_RNG
     seed: int | None = None
+    noise_block: tuple[int, int] | None = None
+    """Set by :class:`InitialStateRNN`: the step's noise is pre-drawn, block
+    ``(index, count)`` of the extra input columns (see ``_common.split_noise``)."""
 
     def __post_init__(self) -> None:
         _cell_info(self.cell)  # a TypeError for an unsupported cell, at construction
-        spec.resolve_options(
-            "noisy",
-            {
-                "noise_std": self.noise_std,
-                "learnable_std": self.learnable_std,
-                "min_std": self.min_std,
-            },
-        )
+        self._rule()
         _reject_seed(self.seed, "reference_impl.flax.linen.NoisyCell")
         super().__post_init__()
+
+    @nn.nowrap
+    def _rule(self) -> spec.NoiseStd:
+        return spec.NoiseStd(self.noise_std, self.learnable_std, self.min_std)
 
     @nn.compact
     def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
         """One step: ``cell(carry + noise, inputs)`` in training, ``cell(carry, inputs)``."""
-        std = _noise_std(self, self.noise_std, self.learnable_std, self.min_std)
-        draws = self.learnable_std or self.noise_std > 0
-        if draws and not _deterministic(self, None, "NoisyCell"):
-            key = _rng_key(
-                self,
-                self.rng_collection,
-                "NoisyCell with deterministic=False",
-                hint=(
-                    f", and inside nn.RNN split it per step: nn.RNN(cell, split_rngs="
-                    f"{{'params': False, '{self.rng_collection}': True}})"
-                ),
+        rule = self._rule()
+        std = _noise_std(self, rule)
+        if self.noise_block is not None:  # training, with the noise drawn before the scan
+            carry, inputs = C.split_noise(carry, inputs, self.noise_block, self._info(), std)
+        elif rule.draws and not _deterministic(self, None, "NoisyCell"):
+            hint = (
+                f", and inside nn.RNN split it per step: nn.RNN(cell, split_rngs="
+                f"{{'params': False, '{self.rng_collection}': True}})"
             )
-            carry = _add_noise(carry, key, std)
+            what = "NoisyCell with deterministic=False"
+            carry = C.add_noise(carry, _rng_key(self, self.rng_collection, what, hint), std)
         return self.cell(carry, inputs)
+
+    @nn.nowrap
+    def _info(self) -> C.CellInfo:
+        return _cell_info(self.cell)
 
     @nn.nowrap
     def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
@@ -665,9 +366,7 @@ class _Layers:
 
     __slots__ = ("infos", "modules", "stack")
 
-    def __init__(
-        self, modules: tuple[nn.Module, ...], infos: tuple[_LayerInfo, ...], stack: bool
-    ) -> None:
+    def __init__(self, modules: tuple, infos: tuple[C.LayerInfo, ...], stack: bool) -> None:
         self.modules, self.infos, self.stack = modules, infos, stack
 
     def __repr__(self) -> str:
@@ -680,7 +379,21 @@ def _detach(module: nn.Module) -> nn.Module:
     return module.clone(parent=None, _deep_clone=True)
 
 
-def _split_noise(rnn: nn.RNN) -> nn.RNN:
+def _directions(layer: nn.Module) -> tuple[nn.RNN, ...]:
+    if isinstance(layer, nn.Bidirectional):
+        return layer.forward_rnn, layer.backward_rnn
+    return (layer,)
+
+
+def _rebuild(layer: nn.Module, change: Any) -> nn.Module:
+    """``layer`` with ``change(rnn, direction)`` applied to each of its ``nn.RNN``."""
+    if isinstance(layer, nn.Bidirectional):
+        forward, backward = (change(r, d) for d, r in enumerate(_directions(layer)))
+        return layer.clone(parent=None, forward_rnn=forward, backward_rnn=backward)
+    return change(layer, 0)
+
+
+def _split_rngs(rnn: nn.RNN, direction: int) -> nn.RNN:
     """``rnn`` with its NoisyCell's stream split per step (one key per step)."""
     cell = rnn.cell
     if isinstance(cell, NoisyCell) and not dict(rnn.split_rngs).get(cell.rng_collection):
@@ -688,54 +401,16 @@ def _split_noise(rnn: nn.RNN) -> nn.RNN:
     return rnn
 
 
-def _with_deterministic(layer: nn.Module, deterministic: bool | None) -> nn.Module:
-    if deterministic is None:
-        return layer
-    if isinstance(layer, nn.RNN) and isinstance(layer.cell, NoisyCell):
-        cell = layer.cell.clone(parent=None, deterministic=deterministic)
-        return layer.clone(parent=None, cell=cell)
-    if isinstance(layer, nn.Bidirectional):
-        return layer.clone(
-            parent=None,
-            forward_rnn=_with_deterministic(layer.forward_rnn, deterministic),
-            backward_rnn=_with_deterministic(layer.backward_rnn, deterministic),
-        )
-    return layer
-
-
-def _normalize_layer(item: object) -> tuple[nn.Module, _LayerInfo]:
+def _normalize_layer(item: object) -> tuple[nn.Module, C.LayerInfo]:
     if isinstance(item, nn.RNNCellBase):
-        info = _cell_info(item)
-        rnn = _split_noise(nn.RNN(_detach(item), parent=None))
-        return rnn, _LayerInfo(info, 1, False, False)
-    if isinstance(item, nn.RNN):
-        info = _cell_info(item.cell)
-        return _split_noise(_detach(item)), _LayerInfo(info, 1, item.time_major, item.return_carry)
-    if isinstance(item, nn.Bidirectional):
-        for direction in (item.forward_rnn, item.backward_rnn):
-            if not isinstance(direction, nn.RNN):
-                raise TypeError(
-                    "InitialStateRNN wraps an nn.Bidirectional of two nn.RNN layers; got "
-                    f"{type(direction).__name__}"
-                )
-        forward, backward = _cell_info(item.forward_rnn.cell), _cell_info(item.backward_rnn.cell)
-        if (forward.kind, forward.features) != (backward.kind, backward.features):
-            raise ValueError(
-                "the two directions of nn.Bidirectional must have the same cell kind and "
-                f"features; got {forward.kind}/{forward.features} and "
-                f"{backward.kind}/{backward.features}"
-            )
-        layer = _detach(item)
-        layer = layer.clone(
-            parent=None,
-            forward_rnn=_split_noise(layer.forward_rnn),
-            backward_rnn=_split_noise(layer.backward_rnn),
+        item = nn.RNN(item, parent=None)
+    if not isinstance(item, (nn.RNN, nn.Bidirectional)):
+        raise TypeError(
+            f"InitialStateRNN wraps a Flax linen cell ({_SUPPORTED}), an nn.RNN or "
+            f"nn.Bidirectional of one, or a list of those; got {type(item).__name__}"
         )
-        return layer, _LayerInfo(forward, 2, item.time_major, item.return_carry)
-    raise TypeError(
-        f"InitialStateRNN wraps a Flax linen cell ({_SUPPORTED}), an nn.RNN or "
-        f"nn.Bidirectional of one, or a list of those; got {type(item).__name__}"
-    )
+    info = C.layer_info(item, nn.RNN, nn.Bidirectional, _cell_info)
+    return _rebuild(_detach(item), _split_rngs), info
 
 
 def _normalize(rnn: object) -> _Layers:
@@ -743,12 +418,9 @@ def _normalize(rnn: object) -> _Layers:
         return rnn
     stack = isinstance(rnn, (list, tuple))
     items = list(rnn) if stack else [rnn]
-    if not items:
-        raise ValueError("InitialStateRNN needs at least one layer; got an empty list")
-    modules, infos = zip(*(_normalize_layer(item) for item in items), strict=True)
-    if len({info.time_major for info in infos}) > 1:
-        raise ValueError("all layers of a stack must have the same time_major")
-    return _Layers(tuple(modules), tuple(infos), stack)
+    pairs = [_normalize_layer(item) for item in items]
+    C.check_stack([info for _, info in pairs])
+    return _Layers(tuple(m for m, _ in pairs), tuple(i for _, i in pairs), stack)
 
 
 class _InitialStateRNNFields(nn.Module):
@@ -830,20 +502,14 @@ class InitialStateRNN(_InitialStateRNNFields):
     ) -> Array | tuple[Carry, Array]:
         """Run the layers from the strategy's state (or ``initial_carry``)."""
         layers: _Layers = self.rnn
-        inputs = jnp.asarray(inputs)
-        batch_shape = _batch_shape_of(inputs, layers.infos[0].time_major)
+        x = jnp.asarray(inputs)
+        batch_shape = C.batch_shape_of(x, layers.infos[0].time_major)
         if deterministic is None:
             deterministic = self.deterministic
         if deterministic is None and self.is_initializing():
             deterministic = True
-        given = None
-        if initial_carry is not None:
-            expected = [_expected_carry(info, batch_shape) for info in layers.infos]
-            hint = _layout_hint(layers.infos, layers.stack)
-            _check_carry(initial_carry, tuple(expected) if layers.stack else expected[0], hint)
-            given = tuple(initial_carry) if layers.stack else (initial_carry,)
-
-        x, carries = inputs, []
+        given = C.given_carries(initial_carry, layers.infos, layers.stack, batch_shape)
+        carries = []
         for i, (layer, info) in enumerate(zip(layers.modules, layers.infos, strict=True)):
             suffix = f"_{i}" if layers.stack else ""
             state = InitialState(
@@ -859,14 +525,40 @@ class InitialStateRNN(_InitialStateRNNFields):
             # At init the state's variables are created even when a carry is given,
             # so a later call without one finds them.
             carry = state(batch_shape) if given is None or self.is_initializing() else None
-            if given is not None:
-                carry = given[i]
-            module = _with_deterministic(layer, deterministic).clone(
-                parent=self, name="rnn" + suffix
-            )
-            carry, x = module(x, initial_carry=carry, seq_lengths=seq_lengths, return_carry=True)
+            carry = carry if given is None else given[i]
+            module, x_in = self._prepare(layer, info, x, deterministic)
+            module = module.clone(parent=self, name="rnn" + suffix)
+            carry, x = module(x_in, initial_carry=carry, seq_lengths=seq_lengths, return_carry=True)
             carries.append(carry)
         if return_carry is None:
             return_carry = not layers.stack and layers.infos[0].return_carry
-        final = tuple(carries) if layers.stack else carries[0]
-        return (final, x) if return_carry else x
+        return C.finish(carries, x, layers.stack, return_carry)
+
+    @nn.nowrap
+    def _prepare(
+        self, layer: nn.Module, info: C.LayerInfo, x: Array, deterministic: bool | None
+    ) -> tuple[nn.Module, Array]:
+        """The layer for this call, and its inputs.
+
+        Every NoisyCell gets the call's ``deterministic``; in training, when every
+        direction's cell is a NoisyCell that draws, the noise of all steps is drawn
+        here, in one call, appended to the inputs, and each cell takes its block.
+        """
+        cells = [rnn.cell for rnn in _directions(layer)]
+        noisy = info.noisy and all(isinstance(c, NoisyCell) for c in cells)
+        if noisy:
+            modes = {c.deterministic if deterministic is None else deterministic for c in cells}
+            noisy = modes == {False} and all(c._rule().draws for c in cells)
+        if noisy:
+            what = "NoisyCell with deterministic=False"
+            x = C.append_noise(x, _rng_key(self, cells[0].rng_collection, what), info)
+
+        def change(rnn: nn.RNN, direction: int) -> nn.RNN:
+            if not isinstance(rnn.cell, NoisyCell):
+                return rnn
+            fields = {} if deterministic is None else {"deterministic": deterministic}
+            if noisy:
+                fields["noise_block"] = (direction, info.directions)
+            return rnn.clone(parent=None, cell=rnn.cell.clone(parent=None, **fields))
+
+        return _rebuild(layer, change), x

@@ -46,8 +46,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from reference_impl._extras import missing_framework
 
 try:
@@ -58,32 +56,8 @@ except ModuleNotFoundError as _error:  # say which extra installs it
     raise missing_framework(__name__, _error) from _error
 
 from reference_impl import STRATEGIES, spec
-
-# The JAX-level helpers are shared with the linen module, so that both Flax APIs
-# draw, shape and check the state in exactly the same way.
-from reference_impl.flax.linen import (
-    INITIAL_STATE_RNG,
-    NOISE_RNG,
-    Array,
-    Carry,
-    Dtype,
-    _add_noise,
-    _batch_shape_of,
-    _CellInfo,
-    _check_batch_shape,
-    _check_carry,
-    _components,
-    _expected_carry,
-    _LayerInfo,
-    _layout_hint,
-    _make_state,
-    _plan,
-    _resolve_options,
-    _std_from_raw,
-    _uniform,
-    _vector_initializer,
-)
-from reference_impl.flax.linen import _resolve_cell as _linen_resolve_cell
+from reference_impl.flax import _common as C
+from reference_impl.flax._common import INITIAL_STATE_RNG, NOISE_RNG, Array, Carry, Dtype
 
 __all__ = [
     "INITIAL_STATE_RNG",
@@ -110,7 +84,7 @@ class Buffer(nnx.Variable):
     """
 
 
-_CELL_KINDS: tuple[tuple[tuple[type, ...], str], ...] = (
+_KINDS = (
     ((nnx.LSTMCell, nnx.OptimizedLSTMCell), "lstm"),
     ((nnx.GRUCell,), "gru"),
     ((nnx.SimpleCell,), "rnn"),
@@ -118,14 +92,8 @@ _CELL_KINDS: tuple[tuple[tuple[type, ...], str], ...] = (
 _SUPPORTED = "nnx.GRUCell, nnx.LSTMCell, nnx.OptimizedLSTMCell, nnx.SimpleCell or ri_nnx.NoisyCell"
 
 
-def _cell_info(cell: object) -> _CellInfo:
-    if isinstance(cell, NoisyCell):
-        return _cell_info(cell.cell)
-    for types, kind in _CELL_KINDS:
-        if isinstance(cell, types):
-            features = spec.check_positive_int("features", cell.hidden_features)
-            return _CellInfo(kind, features, cell.param_dtype)
-    raise TypeError(f"unsupported cell {type(cell).__name__}; expected a Flax NNX {_SUPPORTED}")
+def _cell_info(cell: object) -> C.CellInfo:
+    return C.cell_info(cell, _KINDS, f"Flax NNX {_SUPPORTED}")
 
 
 def _seeded(rngs: RngsLike, seed: int | None) -> RngsLike:
@@ -162,13 +130,9 @@ def _init_key(rngs: RngsLike, what: str) -> Array:
     raise ValueError(f"{what} draws at construction: pass rngs=nnx.Rngs(...) or seed=...")
 
 
-def _call_key(
-    override: nnx.Rngs | nnx.RngStream | Array | None,
-    own: nnx.RngStream | None,
-    stream: str,
-    what: str,
-) -> Array:
-    """A key from the call's ``rngs``, else from the module's own stream."""
+def _call_key(override: Any, own: nnx.RngStream | None, stream: str, what: str) -> Array:
+    """A key from the call's ``rngs`` (an ``nnx.Rngs``, a stream or a key), else from
+    the module's own stream."""
     if isinstance(override, nnx.Rngs):
         return override[stream]()
     if isinstance(override, nnx.RngStream):
@@ -184,26 +148,34 @@ def _call_key(
     return own()
 
 
-def _check_deterministic(value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"deterministic must be True or False; got {value!r}")
-    return bool(value)
+class _Sigma:
+    """``noise_std`` and ``set_noise_std`` of a module holding a :class:`spec.NoiseStd`
+    rule as ``_rule()`` and, for a learnable sigma, the ``nnx.Param`` ``std_raw``."""
+
+    @property
+    def noise_std(self) -> Array:
+        """The current noise standard deviation, a scalar array."""
+        rule = self._rule()
+        return C.std_from_raw(rule, self.std_raw[...] if rule.learnable else rule.std)
+
+    def set_noise_std(self, value: float) -> None:
+        """Set sigma (validated as at construction): the ``std_raw`` parameter of a
+        learnable sigma, else the fixed value (a new static value: ``nnx.jit``
+        retraces once)."""
+        rule = self._rule()
+        raw = rule.raw(value)
+        if rule.learnable:
+            self.std_raw[...] = jnp.asarray(raw, jnp.float32)
+        else:
+            self._set_fixed_std(raw)
+
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """Used by ``nnx.view(model, deterministic=...)``."""
+        if deterministic is not None:
+            self.deterministic = C.check_deterministic(deterministic)
 
 
-def _resolve_cell(
-    cell: str | nnx.Module, features: int | None, param_dtype: Dtype
-) -> tuple[str, int, Dtype]:
-    return _linen_resolve_cell(
-        cell,
-        features,
-        param_dtype,
-        module_type=nnx.Module,
-        cell_info=_cell_info,
-        supported=f"Flax NNX {_SUPPORTED}",
-    )
-
-
-class InitialState(nnx.Module):
+class InitialState(_Sigma, nnx.Module):
     """Produces the initial carry of one Flax NNX recurrent layer with one strategy.
 
     ``state(batch_shape)`` returns the carry in the cell's own layout, ready for
@@ -252,46 +224,42 @@ class InitialState(nnx.Module):
         rngs: nnx.Rngs | nnx.RngStream | None = None,
         **options: Any,
     ) -> None:
-        self.strategy = spec.check_strategy(strategy)
-        resolved = _resolve_options(strategy, options)
-        rngs = _seeded(rngs, resolved.get("seed"))
-        kind, features, param_dtype = _resolve_cell(cell, features, param_dtype)
-        if not isinstance(bidirectional, (bool, np.bool_)):
-            raise TypeError(f"bidirectional must be True or False; got {bidirectional!r}")
-        self.cell = kind
-        self.features = features
-        self.bidirectional = bool(bidirectional)
-        self.param_dtype = param_dtype
-        self.deterministic = _check_deterministic(deterministic)
-        self.options = FrozenDict(resolved)
-
-        rows = (2 if self.bidirectional else 1, features)
-        plan = _plan(strategy, resolved)
-        if plan.source == "param":
-            initializer = _vector_initializer(plan, features)
-            for name in _components(kind):
-                init = plan.vector_init(features)
-                key = _init_key(rngs, f"init={resolved['init']!r}") if init is not None else None
-                setattr(self, name, nnx.Param(initializer(key, rows, param_dtype)))
-        elif plan.source == "stored":
-            bound = plan.draw_bound(features)
-            for name in _components(kind):
-                key = _init_key(rngs, f"strategy {strategy!r} with resample=False")
-                setattr(self, name, Buffer(_uniform(key, rows, bound, param_dtype)))
+        plan = C.make_plan(strategy, options)
+        rngs = _seeded(rngs, plan.seed)
+        info = C.resolve_cell(cell, features, param_dtype, nnx.Module, _cell_info)
+        self.strategy = plan.name
+        self.cell, self.features, self.param_dtype = info.kind, info.features, info.param_dtype
+        self.bidirectional = C.check_bidirectional(bidirectional)
+        self.deterministic = C.check_deterministic(deterministic)
+        self.options = FrozenDict(plan.options())
+        rows = (2 if self.bidirectional else 1, info.features)
+        if plan.source in ("param", "stored"):
+            kind = nnx.Param if plan.source == "param" else Buffer
+            init = plan.vector_init(info.features)
+            for name in info.names:
+                key = None if init is None else _init_key(rngs, _what_draws(plan))
+                setattr(
+                    self,
+                    name,
+                    kind(C.vector_initializer(plan, info.features)(key, rows, info.param_dtype)),
+                )
         if plan.noise is not None and plan.noise.learnable:
             self.std_raw = nnx.Param(jnp.asarray(plan.noise.raw(), jnp.float32))
+        draws = plan.source == "draw" or (plan.noise is not None and plan.noise.draws)
         stream = INITIAL_STATE_RNG if plan.source == "draw" else NOISE_RNG
-        needs_stream = plan.source == "draw" or (plan.noise is not None and plan.noise.draws)
-        self.rngs = _fork(rngs, stream) if needs_stream else nnx.data(None)
+        self.rngs = _fork(rngs, stream) if draws else nnx.data(None)
 
-    @property
-    def noise_std(self) -> Array:
-        """The current noise standard deviation (noisy strategy), a scalar array."""
-        if self.strategy != "noisy":
+    def _plan(self) -> spec.Strategy:
+        return C.make_plan(self.strategy, self.options)
+
+    def _rule(self) -> spec.NoiseStd:
+        rule = self._plan().noise
+        if rule is None:
             raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
-        if self.options["learnable_std"]:
-            return _std_from_raw(self.std_raw[...], self.options["min_std"])
-        return jnp.asarray(self.options["noise_std"], jnp.float32)
+        return rule
+
+    def _set_fixed_std(self, value: float) -> None:
+        self.options = FrozenDict({**self.options, "noise_std": value})
 
     def __call__(
         self,
@@ -301,41 +269,32 @@ class InitialState(nnx.Module):
         rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
     ) -> Carry:
         """The initial carry for ``batch_shape`` (``()`` for one unbatched sequence)."""
-        batch_shape = _check_batch_shape(batch_shape)
-        strategy, options = self.strategy, self.options
-        plan = _plan(strategy, options)
-        vectors = None
+        batch_shape = C.check_batch_shape(batch_shape)
+        plan = self._plan()
+        info = C.CellInfo(self.cell, self.features, self.param_dtype)
+        vectors = draw_key = noise = None
         if plan.source in ("param", "stored"):
-            vectors = {n: getattr(self, n)[...] for n in _components(self.cell)}
-        draw_key = noise_key = std = None
-        if plan.source == "draw":
-            what = f"strategy {strategy!r} with resample=True"
+            vectors = {n: getattr(self, n)[...] for n in info.names}
+        elif plan.source == "draw":
+            what = f"strategy {self.strategy!r} with resample=True"
             draw_key = _call_key(rngs, self.rngs, INITIAL_STATE_RNG, what)
-        if plan.noise is not None:
-            std = self.noise_std
-            if deterministic is None:
-                deterministic = self.deterministic
-            if not _check_deterministic(deterministic) and plan.noise.draws:
-                what = "strategy 'noisy' with deterministic=False"
-                noise_key = _call_key(rngs, self.rngs, NOISE_RNG, what)
-        return _make_state(
-            plan,
-            _CellInfo(self.cell, self.features, self.param_dtype),
-            2 if self.bidirectional else 1,
-            batch_shape,
-            vectors=vectors,
-            draw_key=draw_key,
-            noise_key=noise_key,
-            std=std,
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if plan.noise is not None and plan.noise.draws and not C.check_deterministic(deterministic):
+            what = "strategy 'noisy' with deterministic=False"
+            noise = (_call_key(rngs, self.rngs, NOISE_RNG, what), self.noise_std)
+        directions = 2 if self.bidirectional else 1
+        return C.make_state(
+            plan, info, directions, batch_shape, vectors=vectors, draw_key=draw_key, noise=noise
         )
 
-    def set_view(self, deterministic: bool | None = None) -> None:
-        """Used by ``nnx.view(model, deterministic=...)``."""
-        if deterministic is not None:
-            self.deterministic = _check_deterministic(deterministic)
+
+def _what_draws(plan: spec.Strategy) -> str:
+    if plan.source == "param":
+        return f"init={plan.options()['init']!r}"
+    return f"strategy {plan.name!r} with resample=False"
 
 
-class NoisyCell(nnx.RNNCellBase):
+class NoisyCell(_Sigma, nnx.RNNCellBase):
     """Per-step state noise around a Flax NNX cell, for use inside ``nnx.RNN``.
 
     In training (``deterministic=False``, the default; ``model.train()``) every step
@@ -370,39 +329,30 @@ class NoisyCell(nnx.RNNCellBase):
         rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
         _cell_info(cell)  # a TypeError for an unsupported cell
-        opts = spec.resolve_options(
-            "noisy",
-            {
-                "noise_std": noise_std,
-                "learnable_std": learnable_std,
-                "min_std": min_std,
-                "seed": seed,
-            },
-        )
+        rule = spec.NoiseStd(noise_std, learnable_std, min_std)
         self.cell = cell
-        self.learnable_std = bool(learnable_std)
-        self.min_std = opts["min_std"]
-        self.fixed_std = opts["noise_std"]
-        self.deterministic = _check_deterministic(deterministic)
+        self.learnable_std, self.min_std, self.fixed_std = rule.learnable, rule.min_std, rule.std
+        self.deterministic = C.check_deterministic(deterministic)
         self.rng_collection = rng_collection
-        if self.learnable_std:
-            rho = spec.NoiseStd(opts["noise_std"], True, opts["min_std"]).raw()
-            self.std_raw = nnx.Param(jnp.asarray(rho, jnp.float32))
-        self.rngs = _fork(_seeded(rngs, opts["seed"]), rng_collection)
+        self.noise_block = None  # set by InitialStateRNN for a call with pre-drawn noise
+        if rule.learnable:
+            self.std_raw = nnx.Param(jnp.asarray(rule.raw(), jnp.float32))
+        self.rngs = _fork(_seeded(rngs, spec.check_seed(seed)), rng_collection)
 
-    @property
-    def noise_std(self) -> Array:
-        """The current noise standard deviation, a scalar array."""
-        if self.learnable_std:
-            return _std_from_raw(self.std_raw[...], self.min_std)
-        return jnp.asarray(self.fixed_std, jnp.float32)
+    def _rule(self) -> spec.NoiseStd:
+        return spec.NoiseStd(self.fixed_std, self.learnable_std, self.min_std)
+
+    def _set_fixed_std(self, value: float) -> None:
+        self.fixed_std = value
 
     def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
         """One step: ``cell(carry + noise, inputs)`` in training, ``cell(carry, inputs)``."""
-        draws = self.learnable_std or self.fixed_std > 0
-        if draws and not self.deterministic:
+        if self.noise_block is not None:  # training, with the noise drawn before the scan
+            info = _cell_info(self.cell)
+            carry, inputs = C.split_noise(carry, inputs, self.noise_block, info, self.noise_std)
+        elif self._rule().draws and not self.deterministic:
             key = _call_key(None, self.rngs, self.rng_collection, "NoisyCell in training")
-            carry = _add_noise(carry, key, self.noise_std)
+            carry = C.add_noise(carry, key, self.noise_std)
         return self.cell(carry, inputs)
 
     def initialize_carry(
@@ -418,36 +368,26 @@ class NoisyCell(nnx.RNNCellBase):
     def num_feature_axes(self) -> int:
         return self.cell.num_feature_axes
 
-    def set_view(self, deterministic: bool | None = None) -> None:
-        """Used by ``nnx.view(model, deterministic=...)``."""
-        if deterministic is not None:
-            self.deterministic = _check_deterministic(deterministic)
 
-
-def _normalize_layer(item: object) -> tuple[nnx.Module, _LayerInfo]:
+def _normalize_layer(item: object) -> tuple[nnx.Module, C.LayerInfo]:
     if isinstance(item, nnx.RNNCellBase):
-        return nnx.RNN(item), _LayerInfo(_cell_info(item), 1, False, False)
-    if isinstance(item, nnx.RNN):
-        return item, _LayerInfo(_cell_info(item.cell), 1, item.time_major, item.return_carry)
-    if isinstance(item, nnx.Bidirectional):
-        for direction in (item.forward_rnn, item.backward_rnn):
-            if not isinstance(direction, nnx.RNN):
-                raise TypeError(
-                    "InitialStateRNN wraps an nnx.Bidirectional of two nnx.RNN layers; got "
-                    f"{type(direction).__name__}"
-                )
-        forward, backward = _cell_info(item.forward_rnn.cell), _cell_info(item.backward_rnn.cell)
-        if (forward.kind, forward.features) != (backward.kind, backward.features):
-            raise ValueError(
-                "the two directions of nnx.Bidirectional must have the same cell kind and "
-                f"features; got {forward.kind}/{forward.features} and "
-                f"{backward.kind}/{backward.features}"
-            )
-        return item, _LayerInfo(forward, 2, item.time_major, item.return_carry)
-    raise TypeError(
-        f"InitialStateRNN wraps a Flax NNX cell ({_SUPPORTED}), an nnx.RNN or "
-        f"nnx.Bidirectional of one, or a list of those; got {type(item).__name__}"
-    )
+        item = nnx.RNN(item)
+    if not isinstance(item, (nnx.RNN, nnx.Bidirectional)):
+        raise TypeError(
+            f"InitialStateRNN wraps a Flax NNX cell ({_SUPPORTED}), an nnx.RNN or "
+            f"nnx.Bidirectional of one, or a list of those; got {type(item).__name__}"
+        )
+    return item, C.layer_info(item, nnx.RNN, nnx.Bidirectional, _cell_info)
+
+
+def _noisy_cells(layer: nnx.Module, info: C.LayerInfo) -> list[NoisyCell]:
+    """The layer's NoisyCells, one per direction, if all draw noise in this call."""
+    rnns = (layer.forward_rnn, layer.backward_rnn) if info.directions == 2 else (layer,)
+    cells = [rnn.cell for rnn in rnns]
+    if info.noisy and all(isinstance(c, NoisyCell) for c in cells):
+        if all(not c.deterministic and c._rule().draws for c in cells):
+            return cells
+    return []
 
 
 class InitialStateRNN(nnx.Module):
@@ -496,20 +436,16 @@ class InitialStateRNN(nnx.Module):
         rngs: nnx.Rngs | nnx.RngStream | None = None,
         **options: Any,
     ) -> None:
-        strategy = spec.check_strategy(strategy)
-        resolved = _resolve_options(strategy, options)
+        plan = C.make_plan(strategy, options)
+        resolved = plan.options()
         # One generator for every layer, so layers do not share draws.
         rngs = _seeded(rngs, resolved.pop("seed", None))
         stack = isinstance(rnn, (list, tuple))
-        items = list(rnn) if stack else [rnn]
-        if not items:
-            raise ValueError("InitialStateRNN needs at least one layer; got an empty list")
-        layers, infos = zip(*(_normalize_layer(item) for item in items), strict=True)
-        if len({info.time_major for info in infos}) > 1:
-            raise ValueError("all layers of a stack must have the same time_major")
+        layers, infos = zip(*(_normalize_layer(i) for i in (rnn if stack else [rnn])), strict=True)
+        C.check_stack(infos)
         states = [
             InitialState(
-                strategy,
+                plan.name,
                 cell=info.cell.kind,
                 features=info.cell.features,
                 bidirectional=info.directions == 2,
@@ -519,15 +455,12 @@ class InitialStateRNN(nnx.Module):
             )
             for info in infos
         ]
-        self.strategy = strategy
-        self.stack = stack
-        self.infos = tuple(infos)
+        self.strategy, self.stack, self.infos = plan.name, stack, tuple(infos)
         self.rnn = nnx.List(layers) if stack else layers[0]
         self.initial_state = nnx.List(states) if stack else states[0]
         if deterministic is not None:
-            self.set_attributes(
-                deterministic=_check_deterministic(deterministic), raise_if_not_found=False
-            )
+            deterministic = C.check_deterministic(deterministic)
+            self.set_attributes(deterministic=deterministic, raise_if_not_found=False)
 
     def __call__(
         self,
@@ -541,20 +474,33 @@ class InitialStateRNN(nnx.Module):
         """Run the layers from the strategy's state (or ``initial_carry``)."""
         layers = list(self.rnn) if self.stack else [self.rnn]
         states = list(self.initial_state) if self.stack else [self.initial_state]
-        inputs = jnp.asarray(inputs)
-        batch_shape = _batch_shape_of(inputs, self.infos[0].time_major)
-        given = None
-        if initial_carry is not None:
-            expected = [_expected_carry(info, batch_shape) for info in self.infos]
-            hint = _layout_hint(self.infos, self.stack)
-            _check_carry(initial_carry, tuple(expected) if self.stack else expected[0], hint)
-            given = tuple(initial_carry) if self.stack else (initial_carry,)
-        x, carries = inputs, []
-        for i, (layer, state) in enumerate(zip(layers, states, strict=True)):
+        x = jnp.asarray(inputs)
+        batch_shape = C.batch_shape_of(x, self.infos[0].time_major)
+        given = C.given_carries(initial_carry, self.infos, self.stack, batch_shape)
+        carries = []
+        for i, (layer, state, info) in enumerate(zip(layers, states, self.infos, strict=True)):
             carry = given[i] if given is not None else state(batch_shape, rngs=rngs)
-            carry, x = layer(x, initial_carry=carry, seq_lengths=seq_lengths, return_carry=True)
+            carry, x = self._run(layer, info, x, carry, seq_lengths, rngs)
             carries.append(carry)
         if return_carry is None:
             return_carry = not self.stack and self.infos[0].return_carry
-        final = tuple(carries) if self.stack else carries[0]
-        return (final, x) if return_carry else x
+        return C.finish(carries, x, self.stack, return_carry)
+
+    @staticmethod
+    def _run(
+        layer: nnx.Module, info: C.LayerInfo, x: Array, carry: Carry, seq_lengths: Any, rngs: Any
+    ) -> tuple[Carry, Array]:
+        """One layer. In training, the noise of its NoisyCells for all steps is drawn
+        here, in one call, appended to the inputs, and each cell takes its block."""
+        cells = _noisy_cells(layer, info)
+        if cells:
+            what = "NoisyCell in training"
+            key = _call_key(rngs, cells[0].rngs, cells[0].rng_collection, what)
+            x = C.append_noise(x, key, info)
+        try:
+            for direction, cell in enumerate(cells):
+                cell.noise_block = (direction, len(cells))
+            return layer(x, initial_carry=carry, seq_lengths=seq_lengths, return_carry=True)
+        finally:
+            for cell in cells:
+                cell.noise_block = None

@@ -1,0 +1,359 @@
+"""What the two Flax APIs share: the spec's plan executed with JAX arrays.
+
+Both :mod:`reference_impl.flax.linen` and :mod:`reference_impl.flax.nnx` import
+from here and never from each other. Nothing here knows a linen or NNX class: cell
+types come in as arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from reference_impl._extras import missing_framework
+
+try:
+    import jax
+    import jax.numpy as jnp
+except ModuleNotFoundError as _error:  # say which extra installs it
+    raise missing_framework("reference_impl.flax", _error) from _error
+
+from reference_impl import spec
+
+INITIAL_STATE_RNG = "initial_state"
+"""Rng stream of the per-call draws of ``uniform``/``xavier`` with ``resample=True``."""
+NOISE_RNG = "noise"
+"""Rng stream of the ``noisy`` strategy and of ``NoisyCell``."""
+
+Array = jax.Array
+Carry = Any
+Dtype = Any
+Initializer = Callable[[Array, tuple[int, ...], Dtype], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class CellInfo:
+    """What an initial state needs to know about a cell."""
+
+    kind: str  # "gru", "lstm" or "rnn"
+    features: int
+    param_dtype: Dtype
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The state components, ``("h", "c")`` for an LSTM."""
+        return ("h", "c") if self.kind == "lstm" else ("h",)
+
+    def assemble(self, parts: Mapping[str, Array]) -> Carry:
+        """One carry in the cell's layout: Flax LSTM cells carry ``(c, h)``."""
+        return (parts["c"], parts["h"]) if self.kind == "lstm" else parts["h"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """What an initial state needs to know about one wrapped layer."""
+
+    cell: CellInfo
+    directions: int
+    time_major: bool
+    return_carry: bool
+    noisy: bool = False  # the layer's cells are NoisyCells
+
+
+def cell_info(cell: object, kinds: Sequence[tuple[tuple[type, ...], str]], api: str) -> CellInfo:
+    """Kind, features and dtype of a Flax cell (``kinds`` maps cell types to kinds).
+
+    A NoisyCell (anything with a ``cell`` and a ``noise_std``) is its wrapped cell.
+    """
+    if hasattr(cell, "noise_std") and hasattr(cell, "cell"):
+        return cell_info(cell.cell, kinds, api)
+    for types, kind in kinds:
+        if isinstance(cell, types):
+            features = getattr(cell, "hidden_features", None) or cell.features
+            return CellInfo(kind, spec.check_positive_int("features", features), cell.param_dtype)
+    raise TypeError(f"unsupported cell {type(cell).__name__}; expected a {api}")
+
+
+def resolve_cell(
+    cell: Any, features: int | None, param_dtype: Dtype, module_type: type, info: Callable
+) -> CellInfo:
+    """The :class:`CellInfo` from a cell kind name, or from a cell of ``module_type``
+    (``info`` reads it and names the supported cells when it cannot)."""
+    if isinstance(cell, module_type):
+        found = info(cell)
+        if features is not None and features != found.features:
+            raise ValueError(f"features={features!r} but the cell has {found.features} features")
+        return found
+    if not isinstance(cell, str):
+        try:
+            info(cell)
+        except TypeError as error:
+            raise TypeError(f"cell must be one of {spec.CELLS}, or else: {error}") from None
+    if features is None:
+        raise ValueError(f"cell={cell!r} needs features=<the hidden size>")
+    return CellInfo(
+        spec.check_cell(cell), spec.check_positive_int("features", features), param_dtype
+    )
+
+
+def layer_info(layer: Any, rnn_type: type, bidi_type: type, info: Callable) -> LayerInfo:
+    """The :class:`LayerInfo` of an ``RNN`` or a ``Bidirectional`` of two."""
+    if isinstance(layer, rnn_type):
+        cell = layer.cell
+        return LayerInfo(info(cell), 1, layer.time_major, layer.return_carry, _is_noisy(cell))
+    names = f"{bidi_type.__module__.split('.')[1]}.{bidi_type.__name__}"
+    for direction in (layer.forward_rnn, layer.backward_rnn):
+        if not isinstance(direction, rnn_type):
+            raise TypeError(
+                f"InitialStateRNN wraps an {names} of two RNN layers; got "
+                f"{type(direction).__name__}"
+            )
+    forward, backward = info(layer.forward_rnn.cell), info(layer.backward_rnn.cell)
+    if (forward.kind, forward.features) != (backward.kind, backward.features):
+        raise ValueError(
+            f"the two directions of {names} must have the same cell kind and features; got "
+            f"{forward.kind}/{forward.features} and {backward.kind}/{backward.features}"
+        )
+    noisy = _is_noisy(layer.forward_rnn.cell) or _is_noisy(layer.backward_rnn.cell)
+    return LayerInfo(forward, 2, layer.time_major, layer.return_carry, noisy)
+
+
+def _is_noisy(cell: object) -> bool:
+    return hasattr(cell, "noise_std") and hasattr(cell, "cell")
+
+
+def check_stack(infos: Sequence[LayerInfo]) -> None:
+    if not infos:
+        raise ValueError("InitialStateRNN needs at least one layer; got an empty list")
+    if len({info.time_major for info in infos}) > 1:
+        raise ValueError("all layers of a stack must have the same time_major")
+
+
+def check_deterministic(value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"deterministic must be True or False; got {value!r}")
+    return bool(value)
+
+
+def check_bidirectional(value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"bidirectional must be True or False; got {value!r}")
+    return bool(value)
+
+
+def make_plan(strategy: Any, options: Mapping[str, Any]) -> spec.Strategy:
+    """The strategy's plan; an option given as ``None`` means its default."""
+    return spec.make(strategy, **{k: v for k, v in dict(options).items() if v is not None})
+
+
+def uniform(key: Array, shape: tuple[int, ...], bound: float, dtype: Dtype) -> Array:
+    # Drawn in float32 and cast, so one key gives the same numbers in every dtype,
+    # up to rounding.
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+
+
+def normal(key: Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
+    return jax.random.normal(key, shape, jnp.float32).astype(dtype)
+
+
+def vector_initializer(plan: spec.Strategy, features: int) -> Initializer:
+    """A Flax-style initializer ``(key, shape, dtype)`` for the stored or learnable
+    vectors, from ``plan.vector_init``: zeros, ``U(-b, b)`` or the user's callable."""
+    init = plan.vector_init(features)
+    if init is None:
+        return lambda key, shape, dtype: jnp.zeros(shape, dtype)
+    if not callable(init):
+        return lambda key, shape, dtype: uniform(key, shape, init, dtype)
+
+    def from_callable(key: Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
+        value = jnp.asarray(init(key, shape, dtype))
+        if value.shape != tuple(shape):
+            raise ValueError(
+                f"init returned shape {value.shape}; expected {tuple(shape)} (directions, features)"
+            )
+        return value.astype(dtype)
+
+    return from_callable
+
+
+def std_from_raw(rule: spec.NoiseStd, raw: Array | None) -> Array:
+    """The noise std: the fixed value, or ``min_std + softplus(raw)`` (spec's rule)."""
+    return jnp.asarray(rule.from_raw(raw, jax.nn.softplus), jnp.float32)
+
+
+def add_noise(carry: Carry, key: Array, std: Array) -> Carry:
+    """``carry`` plus independent ``N(0, std^2)`` noise on every component (one step).
+
+    All components are drawn in one call (Flax carries hold components of one
+    shape): inside a scan every random op costs per step.
+    """
+    leaves, treedef = jax.tree.flatten(carry)
+    noise = normal(key, (len(leaves), *leaves[0].shape), leaves[0].dtype)
+    scaled = [leaf + std.astype(leaf.dtype) * noise[i] for i, leaf in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, scaled)
+
+
+# ------------------------------------------------------------- pre-drawn noise
+# Inside InitialStateRNN the noise of every step is drawn before the scan, in one
+# call, and appended to the inputs as extra columns: one block of
+# ``components * features`` columns per direction. Each NoisyCell takes its block
+# (``noise_block=(index, count)``) and passes the rest to the wrapped cell.
+
+
+def noise_width(info: CellInfo) -> int:
+    return len(info.names) * info.features
+
+
+def append_noise(inputs: Array, key: Array, info: LayerInfo) -> Array:
+    """``inputs`` with standard-normal columns for every step and direction."""
+    shape = (*inputs.shape[:-1], info.directions * noise_width(info.cell))
+    return jnp.concatenate([inputs, normal(key, shape, inputs.dtype)], axis=-1)
+
+
+def split_noise(
+    carry: Carry, inputs: Array, block: tuple[int, int], info: CellInfo, std: Array
+) -> tuple[Carry, Array]:
+    """The carry plus ``std`` times this cell's pre-drawn block, and the bare inputs."""
+    index, count = block
+    width = noise_width(info)
+    start = inputs.shape[-1] - (count - index) * width
+    noise = inputs[..., start : start + width]
+    leaves, treedef = jax.tree.flatten(carry)
+    order = {"h": 0, "c": 1}  # the noise columns are h, then c
+    names = ("c", "h") if info.kind == "lstm" else ("h",)  # the carry's leaf order
+    f = info.features
+    noisy = [
+        leaf
+        + std.astype(leaf.dtype) * noise[..., order[n] * f : (order[n] + 1) * f].astype(leaf.dtype)
+        for leaf, n in zip(leaves, names, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, noisy), inputs[..., : inputs.shape[-1] - count * width]
+
+
+# --------------------------------------------------------------- the state itself
+
+
+def check_batch_shape(batch_shape: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(batch_shape, (int, np.integer)) and not isinstance(batch_shape, bool):
+        batch_shape = (batch_shape,)
+    if not isinstance(batch_shape, (tuple, list)):
+        raise TypeError(
+            f"batch_shape must be an int or a tuple of ints; got {batch_shape!r} "
+            f"of type {type(batch_shape).__name__}"
+        )
+    # A symbolic size (jax.export with a dynamic batch) is the size of a real input.
+    return tuple(
+        b if jax.export.is_symbolic_dim(b) else spec.check_positive_int("batch_shape entry", b)
+        for b in batch_shape
+    )
+
+
+def make_state(
+    plan: spec.Strategy,
+    cell: CellInfo,
+    directions: int,
+    batch_shape: tuple[int, ...],
+    *,
+    vectors: Mapping[str, Array] | None,
+    draw_key: Array | None,
+    noise: tuple[Array, Array] | None,
+) -> Carry:
+    """The carry of one layer, executing ``plan.source`` and the noise rule.
+
+    ``vectors`` holds the ``(directions, features)`` arrays (learnable or stored);
+    ``draw_key`` is set for a per-call draw; ``noise`` is ``(key, std)`` when noise is
+    added. Returns one cell carry, or a ``(forward, backward)`` pair.
+    """
+    names, dtype, features = cell.names, cell.param_dtype, cell.features
+    shape = (directions, *batch_shape, features)
+    keys = dict(zip(("draw", "noise"), (draw_key, noise and noise[0]), strict=True))
+    keys = {k: jax.random.split(v, len(names)) for k, v in keys.items() if v is not None}
+    rows = {}
+    for i, name in enumerate(names):
+        if vectors is not None:
+            # One vector per row, broadcast over the batch (never one per batch row).
+            vec = jnp.asarray(vectors[name], dtype)
+            state = jnp.broadcast_to(vec.reshape(directions, *(1,) * len(batch_shape), -1), shape)
+        elif "draw" in keys:
+            state = uniform(keys["draw"][i], shape, plan.draw_bound(features), dtype)
+        else:
+            state = jnp.zeros(shape, dtype)
+        if "noise" in keys:
+            state = state + jnp.asarray(noise[1], dtype) * normal(keys["noise"][i], shape, dtype)
+        rows[name] = state
+    carries = tuple(cell.assemble({n: rows[n][d] for n in names}) for d in range(directions))
+    return carries[0] if directions == 1 else carries
+
+
+# ------------------------------------------------------------------ given carries
+
+
+def batch_shape_of(inputs: Array, time_major: bool) -> tuple[int, ...]:
+    if inputs.ndim < 2:
+        raise ValueError(
+            "inputs must be (*batch, time, features), or (time, *batch, features) with "
+            f"time_major=True; got shape {tuple(inputs.shape)}"
+        )
+    return tuple(inputs.shape[1:-1] if time_major else inputs.shape[:-2])
+
+
+def _describe(tree: Any) -> str:
+    """A short text for a carry: ``(array(4, 8), array(4, 8))``."""
+    if isinstance(tree, tuple):
+        inner = ", ".join(_describe(t) for t in tree)
+        return f"({inner},)" if len(tree) == 1 else f"({inner})"
+    if isinstance(tree, list):
+        return "[" + ", ".join(_describe(t) for t in tree) + "]"
+    if isinstance(tree, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in tree.items()) + "}"
+    if hasattr(tree, "shape"):
+        return f"array{tuple(tree.shape)}"
+    return "None" if tree is None else type(tree).__name__
+
+
+def _layout_hint(layers: Sequence[LayerInfo], stack: bool) -> str:
+    parts = []
+    if any(layer.cell.kind == "lstm" for layer in layers):
+        parts.append("an LSTM carry is a tuple (c, h)")
+    if any(layer.directions == 2 for layer in layers):
+        parts.append("a Bidirectional layer takes a pair (forward, backward)")
+    if stack:
+        parts.append("a stack takes a tuple with one carry per layer")
+    return "; ".join([*parts, "each array is (*batch, features)"])
+
+
+def given_carries(
+    initial_carry: Carry | None, infos: Sequence[LayerInfo], stack: bool, batch: tuple[int, ...]
+) -> tuple[Carry, ...] | None:
+    """``initial_carry`` as one carry per layer, checked against the layers' layout."""
+    if initial_carry is None:
+        return None
+    expected = []
+    for info in infos:
+        leaf = jax.ShapeDtypeStruct((*batch, info.cell.features), info.cell.param_dtype)
+        one = info.cell.assemble({"h": leaf, "c": leaf})
+        expected.append(one if info.directions == 1 else (one, one))
+    expected = tuple(expected) if stack else expected[0]
+    hint = _layout_hint(infos, stack)
+    if jax.tree.structure(initial_carry) != jax.tree.structure(expected) or not all(
+        hasattr(g, "shape") for g in jax.tree.leaves(initial_carry)
+    ):
+        raise TypeError(
+            f"initial_carry must be structured as {_describe(expected)} ({hint}); "
+            f"got {_describe(initial_carry)}"
+        )
+    for g, e in zip(jax.tree.leaves(initial_carry), jax.tree.leaves(expected), strict=True):
+        if tuple(g.shape) != tuple(e.shape):
+            raise ValueError(
+                f"initial_carry has shapes {_describe(initial_carry)}; expected "
+                f"{_describe(expected)} ({hint})"
+            )
+    return tuple(initial_carry) if stack else (initial_carry,)
+
+
+def finish(carries: list[Carry], x: Array, stack: bool, return_carry: bool) -> Any:
+    final = tuple(carries) if stack else carries[0]
+    return (final, x) if return_carry else x
