@@ -12,7 +12,8 @@ overhead. The ``noisy_cell`` table times per-step noise in training:
 ``InitialStateRNN(NoisyCell(nn.GRUCell), "zero")`` (the noise of all steps drawn
 before the scan) and the version often copied from the web, an un-jitted Python loop
 over the linen cell adding ``jax.random.normal`` noise to the carry at each step,
-differentiated with ``jax.value_and_grad``. The variants are interleaved, in a
+differentiated with ``jax.value_and_grad``; the one Gaussian draw of all steps, alone,
+is the floor of the pre-drawn version. The variants are interleaved, in a
 shuffled order, in every round. Every round is written, with the machine and the
 versions, to ``results/bench-flax.csv``; a summary is printed, with the compile time
 of each jitted step.
@@ -40,6 +41,7 @@ BATCH, STEPS, HIDDEN, FEATURES = 64, 100, 128, 32
 RNGS = ("initial_state", "noise")
 BASE = "bare nn.RNN"
 PREDRAWN, WEB = "NoisyCell, pre-drawn", "un-jitted loop, web-style"
+DRAW = "the draw alone"
 OUT = Path(__file__).resolve().parent.parent / "results" / "bench-flax.csv"
 
 
@@ -80,6 +82,15 @@ def compile_draws() -> tuple[Callable[[], object], float]:
     key = jax.random.key(1)
     start = time.perf_counter()
     compiled = jax.jit(draws).lower(key).compile()
+    seconds = time.perf_counter() - start
+    return (lambda: jax.block_until_ready(compiled(key))), seconds
+
+
+def compile_one_draw() -> tuple[Callable[[], object], float]:
+    """The floor of pre-drawn noise: the one Gaussian draw of all steps, alone."""
+    key = jax.random.key(1)
+    start = time.perf_counter()
+    compiled = jax.jit(lambda k: jax.random.normal(k, (BATCH, STEPS, HIDDEN))).lower(key).compile()
     seconds = time.perf_counter() - start
     return (lambda: jax.block_until_ready(compiled(key))), seconds
 
@@ -136,6 +147,7 @@ def run(rounds: int, kind: str, device: jax.Device, out: Path) -> None:
     noisy = ri.NoisyCell(cell, noise_std=0.1)
     predrawn = {BASE: strategies[BASE]}
     predrawn[PREDRAWN] = compile_step(ri.InitialStateRNN(noisy, "zero"), x, deterministic=False)
+    predrawn[DRAW] = compile_one_draw()
     params = nn.RNN(cell).init(jax.random.key(0), x)["params"]["cell"]
     # About a hundred times the bare scan: timed in fewer rounds, in a table of its own.
     web = {BASE: strategies[BASE], WEB: (web_style_step(cell, params, x), 0.0)}

@@ -35,6 +35,7 @@ import numpy as np
 __all__ = [
     "FIELDS",
     "bootstrap_median",
+    "bootstrap_ratio_of_medians",
     "cpu_model",
     "interleaved_rounds",
     "paired_ratios",
@@ -132,6 +133,33 @@ def bootstrap_median(
     tail = (1 - level) / 2
     low, high = np.quantile(medians, [tail, 1 - tail])
     return float(np.median(v)), float(low), float(high)
+
+
+def bootstrap_ratio_of_medians(
+    numerator: Iterable[float],
+    denominator: Iterable[float],
+    *,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``median(numerator) / median(denominator)`` for two sets of rounds that were not
+    paired (e.g. two tables of one run), with a percentile bootstrap interval that
+    resamples each set on its own.
+
+    >>> m, low, high = bootstrap_ratio_of_medians([100.0, 110.0, 90.0], [1.0, 1.1, 0.9])
+    >>> round(m, 3), low <= m <= high
+    (100.0, True)
+    """
+    a, b = np.asarray(list(numerator), float), np.asarray(list(denominator), float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("no values")
+    rng = np.random.default_rng(seed)
+    ma = np.median(rng.choice(a, size=(resamples, a.size), replace=True), axis=1)
+    mb = np.median(rng.choice(b, size=(resamples, b.size), replace=True), axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(ma / mb, [tail, 1 - tail])
+    return float(np.median(a) / np.median(b)), float(low), float(high)
 
 
 def cpu_model() -> str:

@@ -245,4 +245,4 @@ def test_nnx_set_noise_std(learnable):
         0.1 if not learnable else 0.4, rel=0.05
     )
     with pytest.raises(AttributeError, match="no noise_std"):
-        ri_nnx.InitialState("zero", features=F).noise_std
+        _ = ri_nnx.InitialState("zero", features=F).noise_std

@@ -13,42 +13,27 @@ Use it as ``from reference_impl.flax import linen as ri``::
     >>> variables["params"]["initial_state"]["h"].shape  # (directions, features)
     (1, 8)
 
-The strategies are defined in :mod:`reference_impl.spec`; this module implements
-them with JAX arrays. The Flax specifics:
+Each strategy is the plan :func:`reference_impl.spec.make` builds; this module and
+:mod:`reference_impl.flax.nnx` execute it with JAX arrays through one shared module.
+What follows Flax's idiom (the API page tabulates it against the other frameworks):
 
 Where the state lives
-    An :class:`InitialState` holds one vector per direction and state component, in
-    an array of shape ``(directions, features)`` named ``"h"`` (and ``"c"`` for an
-    LSTM): PyTorch's ``(num_layers * num_directions, features)`` layout for one
-    layer, row 0 forward, row 1 backward. Learnable vectors are in ``"params"``;
-    ``resample=False`` draws are in the non-trainable :data:`BUFFERS` collection
-    (``"buffers"``, PyTorch's word), so that an optimizer never sees them: a
-    stop-gradient parameter would still be moved by weight decay. Pass *all* the
-    variables returned by ``init`` to ``apply``, not only ``"params"``.
-    :class:`InitialStateRNN` names its submodules ``rnn`` and ``initial_state`` for
-    one layer and ``rnn_{i}`` / ``initial_state_{i}`` for layer ``i`` of a stack.
+    :class:`InitialState` holds ``"h"`` (and ``"c"``), ``(directions, features)``,
+    row 0 forward: in ``"params"`` when learnable, in the non-trainable
+    :data:`BUFFERS` collection for ``resample=False`` (so no optimizer, weight decay
+    included, moves it). Pass *all* the variables returned by ``init`` to ``apply``.
+    Submodules are ``rnn`` and ``initial_state``, or ``rnn_{i}`` and
+    ``initial_state_{i}`` for layer ``i`` of a stack. LSTM carries are ``(c, h)``.
 Randomness
-    JAX has no hidden generator state, so every draw takes its key from a Flax rng
-    stream: :data:`INITIAL_STATE_RNG` (``"initial_state"``) for ``uniform`` and
-    ``xavier`` with ``resample=True`` (a fresh draw per call and per batch row);
-    :data:`NOISE_RNG` (``"noise"``) for the ``noisy`` strategy and for
-    :class:`NoisyCell`; ``"params"`` for what is drawn once at ``init``. At ``init``
-    a missing stream falls back to ``"params"`` (Flax's rule); at ``apply`` a
-    missing stream is a ``ValueError`` that names it. Under ``jax.vmap`` the same
-    key gives every mapped row the same draw: map over keys as well.
-``seed``
-    Rejected with a ``ValueError``: a seed cannot give a fresh draw per call without
-    hidden state. The key passed to ``init`` (``"params"``) and the keys passed to
-    ``apply`` (``rngs={"initial_state": ..., "noise": ...}``) make every draw
-    reproducible.
+    From Flax rng streams, never a ``seed`` (a ``ValueError``): the ``"params"`` key
+    of ``init`` for what is drawn once; :data:`INITIAL_STATE_RNG` for ``uniform`` and
+    ``xavier`` with ``resample=True``; :data:`NOISE_RNG` for the ``noisy`` strategy
+    and :class:`NoisyCell`. At ``init`` a missing stream falls back to ``"params"``;
+    at ``apply`` it is a ``ValueError`` naming it. Under ``jax.vmap`` map over keys
+    too, or every row gets the same draw.
 Training and evaluation
-    Noise is on with ``deterministic=False`` and off with ``deterministic=True``
-    (constructor field or call argument, as for ``nn.Dropout``). Modules that draw
-    noise need it at ``apply``; at ``init`` it defaults to ``True``.
-LSTM carries
-    Flax LSTM cells carry ``(c, h)``, the memory first, where PyTorch takes
-    ``(h0, c0)``; the parameters are named, so ``"h"`` and ``"c"`` mean the same in
-    both.
+    ``deterministic=False`` adds noise, ``True`` turns it off (constructor field or
+    call argument, as for ``nn.Dropout``); ``init`` defaults to ``True``.
 """
 
 from __future__ import annotations
@@ -288,10 +273,12 @@ class NoisyCell(nn.RNNCellBase):
     ``min_std + softplus(std_raw)``, positive by construction. The wrapped cell's
     parameters are under ``"cell"``.
 
-    The noise comes from the ``rng_collection`` stream (``"noise"``), which
-    ``nn.RNN`` must split per step: ``nn.RNN(NoisyCell(...), split_rngs={"params":
-    False, "noise": True})`` (without the split every step would reuse one key, so
-    the cell raises). :class:`InitialStateRNN` adds the split itself.
+    Inside :class:`InitialStateRNN`, the noise of all steps is drawn before the scan
+    from the ``rng_collection`` stream (``"noise"``), in one call, and handed to the
+    cell as extra input columns: the scan draws nothing. In a bare ``nn.RNN`` the
+    cell draws at every step, so ``nn.RNN`` must split that stream per step:
+    ``nn.RNN(NoisyCell(...), split_rngs={"params": False, "noise": True})`` (without
+    the split the cell raises).
 
     >>> import jax, jax.numpy as jnp
     >>> import flax.linen as nn

@@ -12,33 +12,26 @@ Use it as ``from reference_impl.flax import nnx as ri_nnx``::
     >>> model.initial_state.h.shape  # an nnx.Param, (directions, features)
     (1, 8)
 
-The same names and options as :mod:`reference_impl.flax.linen`, the same state
-layout, the NNX way:
+The same names, options and state layout as :mod:`reference_impl.flax.linen`,
+executed by the same shared module, the NNX way (the API page tabulates it):
 
 Where the state lives
-    An :class:`InitialState` holds attributes ``h`` (and ``c`` for an LSTM) of shape
-    ``(directions, features)``, row 0 forward, row 1 backward: an ``nnx.Param`` when
-    learnable, a :class:`Buffer` (a non-trainable ``nnx.Variable`` that
-    ``nnx.Optimizer(..., wrt=nnx.Param)`` never updates) for ``resample=False``, and
-    ``std_raw`` (an ``nnx.Param``) for a learnable noise std. :class:`InitialStateRNN`
-    has ``rnn`` and ``initial_state`` for one layer, ``nnx.List`` of them (indexed by
-    layer) for a stack. All of it is in ``nnx.state(model)``.
+    Attributes ``h`` (and ``c``), ``(directions, features)``: an ``nnx.Param`` when
+    learnable, a :class:`Buffer` (never updated by ``nnx.Optimizer(..., wrt=
+    nnx.Param)``) for ``resample=False``; ``std_raw`` for a learnable noise std.
+    :class:`InitialStateRNN` has ``rnn`` and ``initial_state``, or ``nnx.List`` of
+    them for a stack; all of it is in ``nnx.state(model)``.
 Randomness
-    Draws made at construction (learnable ``init="uniform"/"xavier"``,
-    ``resample=False``) use the ``params`` stream of the ``rngs`` given to the
-    constructor. Per-call draws come from a stream forked at construction:
-    ``initial_state`` for ``uniform``/``xavier`` with ``resample=True``, ``noise``
-    for the ``noisy`` strategy and :class:`NoisyCell` (``nnx.Rngs(0)`` serves all of
-    them through its default stream). A stream advances at every call, so each call
-    draws afresh, under ``nnx.jit`` too. ``rngs=`` at call time overrides it.
-``seed``
-    ``seed=s`` is shorthand for ``rngs=nnx.Rngs(s)``: the module's own seeded
-    generator, as in PyTorch, giving the same sequence of draws for the same seed.
-    Giving both ``seed`` and ``rngs`` is an error.
+    Draws at construction use the ``params`` stream of ``rngs``; per-call draws use
+    a stream forked at construction (``initial_state`` for ``resample=True``,
+    ``noise`` for ``noisy`` and :class:`NoisyCell`; ``nnx.Rngs(0)`` serves all via
+    its default stream), which advances at every call, under ``nnx.jit`` too.
+    ``rngs=`` at call time overrides it. ``seed=s`` means ``rngs=nnx.Rngs(s)``
+    (giving both is an error).
 Training and evaluation
-    ``deterministic`` (default ``False``, training, as ``nnx.Dropout``) turns the
-    noise off; ``model.eval()`` and ``model.train()`` set it on every module inside,
-    and so does ``nnx.view(model, deterministic=...)``.
+    ``deterministic`` (default ``False``, training, as ``nnx.Dropout``);
+    ``model.eval()``, ``model.train()`` and ``nnx.view(model, deterministic=...)``
+    set it on every module inside.
 """
 
 from __future__ import annotations
@@ -301,9 +294,10 @@ class NoisyCell(_Sigma, nnx.RNNCellBase):
     adds ``N(0, noise_std^2)`` noise to each component of the carry (both ``c`` and
     ``h`` of an LSTM) before the wrapped cell reads it; in evaluation
     (``model.eval()``) it is exactly the wrapped cell. ``learnable_std=True`` makes
-    the std an ``nnx.Param`` ``std_raw``, ``min_std + softplus(std_raw)``. The noise
-    comes from the module's own ``noise`` stream, which ``nnx.RNN`` carries through
-    its scan, so every step draws a new key.
+    the std an ``nnx.Param`` ``std_raw``, ``min_std + softplus(std_raw)``. Inside
+    :class:`InitialStateRNN` the noise of all steps is drawn before the scan from the
+    cell's own ``noise`` stream (or the call's ``rngs``) and handed to it as extra
+    input columns; in a bare ``nnx.RNN`` the cell draws a new key at every step.
 
     >>> import jax.numpy as jnp
     >>> cell = NoisyCell(nnx.GRUCell(3, 8, rngs=nnx.Rngs(0)), noise_std=0.1, rngs=nnx.Rngs(1))
