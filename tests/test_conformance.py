@@ -1,0 +1,226 @@
+"""One suite that holds every framework to the spec.
+
+Each test runs once per framework (PyTorch, Keras, Flax linen, Flax NNX) through the
+adapters of ``tests/adapters.py``, which use only the public API and return numpy
+arrays in one layout, so every assertion here is written once. What is specific to
+one framework (PackedSequence, masks, ``.keras`` files, msgpack, ``lax.scan``,
+mixed precision, export) stays in that framework's own test file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference_impl import STRATEGIES, spec
+
+F, B, T = 3, 3, 4  # features, batch, time steps
+X = np.random.default_rng(0).normal(size=(B, T, 2)).astype(np.float32)
+CELLS = ("gru", "lstm", "rnn")
+BOUNDS = {"uniform": spec.uniform_bound, "xavier": spec.xavier_bound}
+
+
+def names(cell):
+    return ("h", "c") if cell == "lstm" else ("h",)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_state_shapes_values_and_bounds(framework, strategy, cell, directions):
+    state = framework.initial_state(strategy, cell, F, directions, seed=3)
+    first, second = state.draw(B), state.draw(B)
+    assert sorted(first) == sorted(names(cell))
+    for name in names(cell):
+        a, b = first[name], second[name]
+        assert a.shape == (directions, B, F) and np.isfinite(a).all()
+        if strategy in ("zero", "learnable", "noisy"):  # zero base, or zeros init; eval
+            np.testing.assert_array_equal(a, 0.0)
+        else:
+            assert np.abs(a).max() <= BOUNDS[strategy](F) + 1e-7
+            assert np.abs(a).max() > 0
+            assert not np.array_equal(a, b)  # resample=True: a fresh draw per call
+            assert not np.allclose(a[:, 0], a[:, 1])  # and per batch row
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize(
+    ("strategy", "options"),
+    [
+        ("uniform", {"resample": False}),
+        ("xavier", {"resample": False}),
+        ("learnable", {"init": "uniform"}),
+    ],
+    ids=["uniform-stored", "xavier-stored", "learnable-uniform"],
+)
+def test_stored_and_learnable_vectors_are_broadcast_over_the_batch(
+    framework, strategy, options, cell, directions
+):
+    state = framework.initial_state(strategy, cell, F, directions, seed=5, **options)
+    vectors = state.vectors()
+    first, second = state.draw(B), state.draw(B)
+    bound = spec.uniform_bound(F) if strategy != "xavier" else spec.xavier_bound(F)
+    for name in names(cell):
+        assert vectors[name].shape == (directions, F)
+        assert 0 < np.abs(vectors[name]).max() <= bound + 1e-7
+        want = np.broadcast_to(vectors[name][:, None], (directions, B, F))
+        np.testing.assert_allclose(first[name], want, rtol=0, atol=1e-7)
+        np.testing.assert_array_equal(first[name], second[name])  # the same every call
+    if cell == "lstm":
+        assert not np.allclose(vectors["h"], vectors["c"])  # h and c drawn independently
+    if directions == 2:
+        assert not np.allclose(vectors["h"][0], vectors["h"][1])  # one vector per direction
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "xavier"])
+def test_draw_statistics(framework, strategy):
+    """A large draw is U(-b, b): mean 0, std b / sqrt(3), never beyond b."""
+    features, batch = 64, 500
+    state = framework.initial_state(strategy, "gru", features, 1, seed=1)
+    h = state.draw(batch)["h"].ravel()
+    b = BOUNDS[strategy](features)
+    n = h.size
+    assert np.abs(h).max() <= b + 1e-7
+    assert abs(h.mean()) < 5 * (b / np.sqrt(3)) / np.sqrt(n)
+    assert h.std() == pytest.approx(spec.uniform_std(b), rel=0.02)
+
+
+@pytest.mark.parametrize("learnable_std", [False, True])
+def test_noise_statistics_and_sigma_read_and_set(framework, learnable_std):
+    """Training noise has the std sigma reads, before and after sigma is set."""
+    state = framework.initial_state(
+        "noisy", "gru", 64, 1, seed=2, noise_std=0.5, learnable_std=learnable_std, min_std=0.1
+    )
+    assert state.noise_std() == pytest.approx(0.5, abs=1e-6)
+    assert state.draw(400, training=True)["h"].std() == pytest.approx(0.5, rel=0.03)
+    state.set_noise_std(0.2)
+    assert state.noise_std() == pytest.approx(0.2, abs=1e-6)
+    assert state.draw(400, training=True)["h"].std() == pytest.approx(0.2, rel=0.03)
+    with pytest.raises(ValueError, match="min_std"):
+        state.set_noise_std(0.05)  # below the floor: refused by the spec's rule
+    np.testing.assert_array_equal(state.draw(8)["h"], 0.0)  # evaluation: the base
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize(
+    ("strategy", "options", "expected"),
+    [
+        ("learnable", {}, {"h", "c"}),
+        ("noisy", {"base": "learnable", "learnable_std": True}, {"h", "c", "std_raw"}),
+    ],
+    ids=["learnable", "noisy-learnable"],
+)
+def test_gradients_reach_the_state(framework, strategy, options, expected, cell):
+    state = framework.initial_state(strategy, cell, F, 2, seed=4, **options)
+    rng = np.random.default_rng(0)
+    weights = {n: rng.normal(size=(2, B, F)).astype(np.float32) for n in names(cell)}
+    grads = state.grads(B, weights)
+    assert set(grads) == {n for n in expected if n in names(cell) or n == "std_raw"}
+    for name in names(cell):
+        # d sum(w * broadcast(v)) / dv = w summed over the batch, for every framework
+        np.testing.assert_allclose(grads[name], weights[name].sum(1), rtol=1e-5, atol=1e-5)
+    if "std_raw" in grads:
+        assert np.isfinite(grads["std_raw"]) and abs(float(grads["std_raw"])) > 0
+
+
+def test_evaluation_is_deterministic_and_seeds_reproduce(framework):
+    noisy = framework.initial_state("noisy", "lstm", F, 2, seed=9, noise_std=0.3)
+    for name, value in noisy.draw(B).items():
+        np.testing.assert_array_equal(value, 0.0)
+        np.testing.assert_array_equal(value, noisy.draw(B)[name])
+    train = noisy.draw(B, training=True)["h"]
+    assert np.abs(train).max() > 0 and not np.array_equal(train, noisy.draw(B, training=True)["h"])
+    same = [framework.initial_state("uniform", "gru", F, 1, seed=s).draw(B)["h"] for s in (7, 7, 8)]
+    np.testing.assert_array_equal(same[0], same[1])
+    assert not np.allclose(same[0], same[2])
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options"),
+    [
+        ("learnable", {"init": "uniform"}),
+        ("uniform", {"resample": False}),
+        ("noisy", {"base": "learnable", "learnable_std": True, "noise_std": 0.3}),
+    ],
+    ids=["learnable", "stored", "noisy"],
+)
+def test_save_and_load_round_trip(framework, strategy, options):
+    state = framework.initial_state(strategy, "lstm", F, 2, seed=6, **options)
+    if strategy == "noisy":
+        state.set_noise_std(0.4)  # a value that differs from the constructor's
+    restored = state.save_load()
+    before, after = state.vectors(), restored.vectors()
+    assert sorted(before) == sorted(after)
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+    for name, value in state.draw(B).items():
+        np.testing.assert_array_equal(value, restored.draw(B)[name])
+    if strategy == "noisy":
+        assert restored.noise_std() == pytest.approx(0.4, abs=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(("layers", "directions"), [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_the_model_starts_from_its_own_state(framework, cell, layers, directions):
+    """InitialStateRNN runs from each layer's own vectors: the same outputs as the same
+    layers given those vectors explicitly, different from a zero start."""
+    model = framework.model(cell, F, layers, directions, "learnable", init="uniform")
+    vectors = model.vectors()
+    assert len(vectors) == layers
+    if layers == 2:
+        assert not np.allclose(vectors[0]["h"], vectors[1]["h"])  # each layer its own draw
+    explicit = [
+        {n: np.broadcast_to(v[n][:, None], (directions, B, F)) for n in names(cell)}
+        for v in vectors
+    ]
+    out = model.run(X)
+    assert out.shape == (B, T, directions * F)
+    np.testing.assert_allclose(out, model.run(X, state=explicit), rtol=1e-6, atol=1e-6)
+    zeros = [{n: np.zeros((directions, B, F)) for n in names(cell)} for _ in vectors]
+    assert np.abs(out - model.run(X, state=zeros)).max() > 1e-4
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_noisy_cell_follows_the_spec_step(framework, cell):
+    """In training, NoisyCell over a sequence equals spec.noisy_cell_step fed the same
+    noise, step by step; in evaluation it is exactly the bare cell."""
+    sigma = 0.3
+    noisy = framework.noisy_cell(cell, F, sigma)
+    out, eps = noisy.run(X, training=True)
+    assert eps.shape == (B, T, F * len(names(cell)))
+    assert 0.5 < eps.std() < 1.5  # standard normal, scaled by sigma where it is used
+    state = (np.zeros((B, F)),) * 2 if cell == "lstm" else np.zeros((B, F))
+    for t in range(T):
+        e = eps[:, t]
+        noise = (e[:, :F], e[:, F:]) if cell == "lstm" else e
+        step_out, state = spec.noisy_cell_step(noisy.step, X[:, t], state, sigma, noise=noise)
+        np.testing.assert_allclose(out[:, t], step_out, rtol=1e-5, atol=1e-5)
+    evaluated, none = noisy.run(X, training=False)
+    assert none is None  # evaluation draws nothing
+    np.testing.assert_allclose(evaluated, noisy.bare_run(X), rtol=1e-6, atol=1e-6)
+    again, _ = noisy.run(X, training=False)
+    np.testing.assert_array_equal(evaluated, again)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options", "error", "message"),
+    [
+        ("bogus", {}, ValueError, "unknown strategy"),
+        ("uniform", {"bound": -1.0}, ValueError, "bound"),
+        ("uniform", {"resample": "yes"}, TypeError, "resample"),
+        ("xavier", {"gain": -1.0}, ValueError, "gain"),
+        ("learnable", {"init": "bogus"}, ValueError, "init"),
+        ("noisy", {"noise_std": -1.0}, ValueError, "noise_std"),
+        ("noisy", {"noise_std": 0.1, "min_std": 0.2}, ValueError, "min_std"),
+        ("zero", {"bound": 1.0}, ValueError, "unknown option"),
+    ],
+    ids=["strategy", "bound", "resample", "gain", "init", "noise_std", "min_std", "option"],
+)
+def test_the_same_error_for_the_same_bad_input(framework, strategy, options, error, message):
+    with pytest.raises(error, match=message) as caught:
+        framework.initial_state(strategy, "gru", F, 1, **options)
+    try:  # the spec's own message, word for word
+        spec.make(strategy, **options)
+    except error as expected:
+        assert str(caught.value) == str(expected)
