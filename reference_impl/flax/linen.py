@@ -44,7 +44,7 @@ from typing import Any
 from reference_impl._extras import missing_framework
 
 try:
-    import jax.numpy as jnp
+    import jax
     from flax import linen as nn
     from flax.core import FrozenDict
 except ModuleNotFoundError as _error:  # say which extra installs it
@@ -53,6 +53,8 @@ except ModuleNotFoundError as _error:  # say which extra installs it
 from reference_impl import STRATEGIES, spec
 from reference_impl.flax import _common as C
 from reference_impl.flax._common import INITIAL_STATE_RNG, NOISE_RNG, Array, Carry, Dtype
+
+jnp = jax.numpy
 
 __all__ = [
     "BUFFERS",
