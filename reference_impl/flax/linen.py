@@ -52,7 +52,7 @@ except ModuleNotFoundError as _error:  # say which extra installs it
 
 from reference_impl import STRATEGIES, spec
 from reference_impl.flax import _common as C
-from reference_impl.flax._common import INITIAL_STATE_RNG, NOISE_RNG, Array, Carry, Dtype
+from reference_impl.flax._common import Array, Carry, Dtype
 
 jnp = jax.numpy
 
@@ -68,6 +68,10 @@ __all__ = [
 
 BUFFERS = "buffers"
 """Collection holding the non-trainable draws of ``resample=False``."""
+INITIAL_STATE_RNG = C.INITIAL_STATE_RNG
+"""Rng stream of the per-call draws of ``uniform``/``xavier`` with ``resample=True``."""
+NOISE_RNG = C.NOISE_RNG
+"""Rng stream of the ``noisy`` strategy and of :class:`NoisyCell`."""
 
 _KINDS = (
     ((nn.LSTMCell, nn.OptimizedLSTMCell), "lstm"),
