@@ -160,8 +160,10 @@ def test_save_and_load_round_trip(framework, strategy, options):
         assert restored.noise_std() == pytest.approx(0.4, abs=1e-6)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize(("layers", "directions"), [(1, 1), (1, 2), (2, 1), (2, 2)])
+@pytest.mark.parametrize(
+    ("cell", "layers", "directions"),
+    [(c, 1, 1) for c in CELLS] + [(c, 2, 2) for c in CELLS] + [("gru", 1, 2), ("lstm", 2, 1)],
+)
 def test_the_model_starts_from_its_own_state(framework, cell, layers, directions):
     """InitialStateRNN runs from each layer's own vectors: the same outputs as the same
     layers given those vectors explicitly, different from a zero start."""

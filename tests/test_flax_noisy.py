@@ -73,7 +73,7 @@ def nnx_step(cell):
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm", "rnn"])
-@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("bidirectional", [True])  # one direction: tests/test_conformance.py
 def test_linen_predrawn_noise_equals_the_spec_step(drawn, kind, bidirectional):
     sigma = 0.3
 
@@ -98,7 +98,7 @@ def test_linen_predrawn_noise_equals_the_spec_step(drawn, kind, bidirectional):
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm", "rnn"])
-@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("bidirectional", [True])  # one direction: tests/test_conformance.py
 def test_nnx_predrawn_noise_equals_the_spec_step(drawn, kind, bidirectional):
     sigma, rngs = 0.3, nnx.Rngs(0)
 
