@@ -505,16 +505,7 @@ class InitialStateRNN(_InitialStateRNNFields):
         carries = []
         for i, (layer, info) in enumerate(zip(layers.modules, layers.infos, strict=True)):
             suffix = f"_{i}" if layers.stack else ""
-            state = InitialState(
-                self.strategy,
-                cell=info.cell.kind,
-                features=info.cell.features,
-                bidirectional=info.directions == 2,
-                param_dtype=info.cell.param_dtype,
-                deterministic=deterministic,
-                options=self.options,
-                name="initial_state" + suffix,
-            )
+            state = self._layer_state(info, deterministic, "initial_state" + suffix)
             # At init the state's variables are created even when a carry is given,
             # so a later call without one finds them.
             carry = state(batch_shape) if given is None or self.is_initializing() else None
@@ -526,6 +517,22 @@ class InitialStateRNN(_InitialStateRNNFields):
         if return_carry is None:
             return_carry = not layers.stack and layers.infos[0].return_carry
         return C.finish(carries, x, layers.stack, return_carry)
+
+    @nn.nowrap
+    def _layer_state(
+        self, info: C.LayerInfo, deterministic: bool | None, name: str
+    ) -> InitialState:
+        """The InitialState submodule of one layer (created in ``__call__``'s scope)."""
+        return InitialState(
+            self.strategy,
+            cell=info.cell.kind,
+            features=info.cell.features,
+            bidirectional=info.directions == 2,
+            param_dtype=info.cell.param_dtype,
+            deterministic=deterministic,
+            options=self.options,
+            name=name,
+        )
 
     @nn.nowrap
     def _prepare(
