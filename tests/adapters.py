@@ -361,11 +361,9 @@ def _pick(carry, name, kind):
 
 
 def _flax_rows(carry, kind, directions):
-    """A Flax carry ((c, h) for an LSTM; a pair per direction) -> neutral rows."""
-    carries = carry if directions == 2 else (carry,)
+    """A Flax carry ((c, h) for an LSTM; a pair per direction) -> neutral numpy rows."""
     return {
-        name: np.stack([np.asarray(_pick(c, name, kind), np.float64) for c in carries])
-        for name in NAMES[kind]
+        k: np.asarray(v, np.float64) for k, v in _flax_rows_jnp(carry, kind, directions).items()
     }
 
 

@@ -134,10 +134,10 @@ def _deterministic(module: nn.Module, value: bool | None, what: str) -> bool:
 
 def _noise_std(module: nn.Module, rule: spec.NoiseStd) -> Array:
     """Sigma; a learnable one is the parameter ``"std_raw"`` of ``module``."""
-    raw = None
-    if rule.learnable:
-        raw = module.param("std_raw", lambda k, s, d: jnp.full(s, rule.raw(), d), (), jnp.float32)
-    return C.std_from_raw(rule, raw if rule.learnable else rule.std)
+    if not rule.learnable:
+        return C.std_from_raw(rule, rule.std)
+    raw = module.param("std_raw", lambda k, s, d: jnp.full(s, rule.raw(), d), (), jnp.float32)
+    return C.std_from_raw(rule, raw)
 
 
 class _InitialStateFields(nn.Module):
