@@ -13,42 +13,13 @@ Use it as ``from reference_impl import tensorflow as ri``::
     >>> [(w.name, tuple(w.shape)) for w in layer.initial_state.trainable_weights]
     [('h0', (1, 32))]
 
-Each strategy is defined once, in :mod:`reference_impl.spec`, as a value carrying its
-plan; the layers here execute it with ``keras.ops`` and ``keras.random`` only, so they
-also run on Keras's JAX (tested) and PyTorch backends (``tensorflow`` is not imported).
-
-**Layout.** The state is the list a Keras recurrent layer takes as ``initial_state=``:
-``[h]`` (``GRU``, ``SimpleRNN``) or ``[h, c]`` (``LSTM``) of ``(batch, units)`` tensors;
-for ``Bidirectional`` the forward states then the backward ones. Stored vectors are the
-weights ``h0`` (and ``c0``) of :class:`InitialState`, ``(directions, units)`` with row 0
-forward: PyTorch's layout for one layer, so ``torch_module.initial_state.h0`` and
-``keras_layer.initial_state.h0`` hold the same numbers in the same order. They are
-trainable for the learnable strategies, not for stored draws (``resample=False``).
-``noisy`` adds a scalar ``std_raw``: sigma itself, or with ``learnable_std=True`` the
-trainable ``rho`` of ``sigma = min_std + softplus(rho)``.
-
-**Unlike** :mod:`reference_impl.torch` (as Keras forces): one Keras layer is one
-recurrent layer (no ``num_layers``: stack :class:`InitialStateRNN` layers; no
-``proj_size``); training mode is Keras's ``training`` argument; a callable ``init`` is
-a Keras initializer, ``init(shape, dtype)`` returning the values; ``seed=None`` draws
-from a ``keras.random.SeedGenerator`` that ``keras.utils.set_random_seed`` makes
-reproducible; :class:`NoisyCell` has no ``unroll``.
-
-**cuDNN.** :class:`InitialStateRNN` passes the state as ``initial_state=`` and never
-changes the wrapped layer, so a ``GRU``/``LSTM`` keeps cuDNN on a GPU wherever the bare
-layer has it (Keras's conditions: ``tanh``/``sigmoid`` activations, no recurrent
-dropout, no ``unroll``, a bias, ``reset_after`` for a GRU, a right-padded mask; never
-for ``keras.layers.RNN(cell)``); Keras then turns ``jit_compile`` off.
-
-**NoisyCell's noise.** Inside :class:`InitialStateRNN`, in training, the noise of all
-steps is drawn at once before the recurrence (one float32 draw, scaled by each cell's
-sigma) and handed to each :class:`NoisyCell` as extra input columns, its own per
-direction; the loop draws nothing, so it runs on every backend (JAX's ``lax.scan``
-included). Keras's ``RNN`` takes one sequence tensor, so a bare
-``keras.layers.RNN(NoisyCell(...))`` draws per step instead, which works on TensorFlow
-and PyTorch; on JAX a ``SeedGenerator`` cannot advance between scan steps, so its
-training raises ``NotImplementedError`` naming the wrapper. A bare ``Bidirectional``
-builds both directions from one config, so a seeded cell gives them one noise stream.
+The strategy is the plan :func:`reference_impl.spec.make` builds; the layers here
+execute it with ``keras.ops`` and ``keras.random`` only, so they run on every Keras
+backend (TensorFlow and JAX are tested). The state is the ``initial_state=`` list of a
+Keras recurrent layer, forward states then backward ones; the vectors ``h0``/``c0``
+are ``(directions, units)`` in PyTorch's row order. What follows Keras's idiom (one
+layer per wrapper, ``training``, seeds, cuDNN, per-step noise) is in the table of the
+API page.
 """
 
 from __future__ import annotations
@@ -137,14 +108,11 @@ def _std_weight(layer: keras.layers.Layer, rule: spec.NoiseStd) -> Any:
 class InitialState(keras.layers.Layer):
     """Produces the initial state of a Keras recurrent layer with one strategy.
 
-    Called on the layer's input (first dimension the batch, which may be unknown until
-    the model runs), it returns the ``initial_state=`` list of the module notes, each
-    ``(batch, units)`` in the layer's compute dtype. ``strategy`` is a name of
-    :data:`~reference_impl.STRATEGIES` with its options as keywords
-    (:data:`reference_impl.spec.OPTIONS`), or a :class:`reference_impl.spec.Strategy`
-    value; ``cell`` is ``"gru"``, ``"lstm"`` or ``"rnn"`` (``SimpleRNN``);
-    ``bidirectional=True`` gives one state per direction; ``name``, ``dtype`` and
-    ``trainable`` are the usual layer keywords.
+    Called on the layer's input (batch first, maybe unknown until the model runs), it
+    returns the ``initial_state=`` list, each ``(batch, units)`` in the compute dtype.
+    ``strategy`` is a name with its options as keywords, or a
+    :class:`reference_impl.spec.Strategy`; ``cell`` is ``"gru"``, ``"lstm"`` or
+    ``"rnn"``; ``bidirectional=True`` gives one state per direction.
 
     >>> import numpy as np
     >>> import keras
@@ -218,10 +186,7 @@ class InitialState(keras.layers.Layer):
         return ops.convert_to_tensor(self._noise_rule().from_raw(self.std_raw, ops.softplus))
 
     def set_noise_std(self, value: float) -> None:
-        """Set sigma (for a schedule); a learnable sigma is re-parametrized to ``value``.
-
-        The value lives in a variable, so a compiled model sees the new sigma without
-        retracing, e.g. from ``keras.callbacks.LambdaCallback(on_epoch_begin=...)``.
+        """Set sigma (for a schedule; a variable, so a compiled model does not retrace).
 
         >>> init = InitialState("noisy", units=4, noise_std=0.5)
         >>> init.set_noise_std(0.1)
@@ -341,12 +306,8 @@ def _describe(layer: object) -> tuple[str, int, bool]:
 
 
 def _append_noise(sequences: Any, cells: list[NoisyCell]) -> Any:
-    """``sequences`` with every cell's scaled noise for every step appended as features.
-
-    One float32 draw from the first cell's generator covers all cells, so the two
-    directions of a ``Bidirectional`` get different noise even when seeded. Each cell
-    is told its columns (Python ints, static under tracing); the caller clears them.
-    """
+    """``sequences`` with every cell's scaled noise for all steps appended as features:
+    one draw for all cells (so directions differ); each cell is told its columns."""
     batch, time = ops.shape(sequences)[0], ops.shape(sequences)[1]
     features, dtype = sequences.shape[-1], keras.backend.standardize_dtype(sequences.dtype)
     width = sum(cell.noise_size for cell in cells)
@@ -364,15 +325,11 @@ def _append_noise(sequences: Any, cells: list[NoisyCell]) -> Any:
 class InitialStateRNN(keras.layers.Wrapper):
     """Wraps a Keras recurrent layer and gives it an initial-state strategy.
 
-    ``layer(x)`` returns what the wrapped layer returns (``return_sequences``,
-    ``return_state``, ``go_backwards`` and masks behave as in the wrapped layer), started
-    from the state of ``layer.initial_state`` (an :class:`InitialState`);
-    ``layer(x, initial_state=states)`` uses ``states`` as given (checked for count and
-    shape). The wrapped layer runs once over the whole sequence (cuDNN on GPU); the noise
-    of a wrapped :class:`NoisyCell` is drawn here, for all steps at once. ``layer`` is a
-    ``GRU``, ``LSTM``, ``SimpleRNN``, ``RNN`` of a built-in cell or of a
-    :class:`NoisyCell`, or ``Bidirectional`` of one of these, not stateful; ``strategy``
-    and its options are as for :class:`InitialState` (``dtype`` defaults to the layer's).
+    ``layer(x)`` returns what the wrapped layer returns, started from
+    ``layer.initial_state`` (an :class:`InitialState`); ``layer(x, initial_state=...)``
+    uses the states given. ``layer`` is a ``GRU``, ``LSTM``, ``SimpleRNN``, ``RNN`` of
+    a built-in cell or a :class:`NoisyCell`, or a ``Bidirectional`` of one, not
+    stateful. The noise of a wrapped NoisyCell is drawn here, for all steps at once.
 
     >>> import numpy as np
     >>> import keras
@@ -510,12 +467,10 @@ def _forward_to_cell(method: str) -> Callable[..., Any]:
 class NoisyCell(keras.layers.Layer, _DropoutMixin):
     """Per-step state noise around ``GRUCell``, ``LSTMCell`` or ``SimpleRNNCell``.
 
-    Use it as ``InitialStateRNN(keras.layers.RNN(NoisyCell(cell)), strategy="zero")``
-    (any strategy; a bare ``RNN`` of it does not train on JAX, see the module notes):
-    in training every step adds ``N(0, noise_std^2)`` noise to each carried state
-    component before the wrapped cell reads it (the initial state included);
-    otherwise the step is exactly the wrapped cell's. ``learnable_std=True`` makes
-    sigma a weight, ``min_std + softplus(rho)``. The wrapped cell's dropout still works.
+    Use it as ``InitialStateRNN(keras.layers.RNN(NoisyCell(cell)), strategy="zero")``:
+    in training every step adds ``N(0, noise_std^2)`` noise to each state component
+    before the wrapped cell reads it; otherwise the step is the wrapped cell's. The
+    cell's dropout still works.
 
     >>> import numpy as np
     >>> import keras

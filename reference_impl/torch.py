@@ -12,15 +12,9 @@ Use it as ``from reference_impl import torch as ri``::
     >>> [tuple(p.shape) for p in model.initial_state.parameters()]
     [(2, 32)]
 
-Each strategy is the plan :func:`reference_impl.spec.make` builds; this module executes
-it with torch tensors, on the dtype and device of the input. A wrapped layer exports
-like the bare one, with a dynamic batch, through ``torch.export.export`` (default and
-strict), the dynamo ONNX exporter (onnxruntime serves any batch size) and
-``torch.jit.trace`` (traced at one batch size, run at another), for every strategy
-deterministic in evaluation (all but uniform and xavier with ``resample=True``; noisy
-in ``eval()``). Not ``torch.jit.script`` (TorchScript is in maintenance).
-``torch.compile(fullgraph=True)`` of any recurrent layer, wrapped or not, needs
-``torch._dynamo.config.allow_rnn = True``.
+The strategy is the plan :func:`reference_impl.spec.make` builds; this module executes
+it with torch tensors, on the input's dtype and device. What follows PyTorch's idiom
+(layout, generators, export) is in the table of the API page.
 """
 
 from __future__ import annotations
@@ -49,8 +43,7 @@ _CELLS = {nn.GRUCell: "gru", nn.LSTMCell: "lstm", nn.RNNCell: "rnn"}
 
 
 class _Generators:
-    """One ``torch.Generator`` per device seeded with ``seed``, made on first use; with
-    ``seed=None`` draws use torch's global generator (``torch.manual_seed``)."""
+    """One ``torch.Generator`` per device seeded with ``seed``; ``None``: torch's global one."""
 
     def __init__(self, seed: int | None) -> None:
         self.seed, self._by_device = seed, {}
@@ -93,9 +86,8 @@ def _exporting() -> bool:
 
 
 def _check_batch_size(batch_size: Any) -> Any:
-    """A positive Python int, or a symbolic size while exporting or tracing: a
-    ``torch.SymInt`` (torch.export, dynamo ONNX) or a 0-d integer tensor (jit.trace,
-    TorchScript ONNX) is a real input's size, kept so the batch stays dynamic."""
+    """A positive int, or (exporting, tracing) a ``SymInt`` or 0-d integer tensor: a real
+    input's size, kept so the batch stays dynamic."""
     if isinstance(batch_size, torch.SymInt):
         return batch_size
     if isinstance(batch_size, Tensor) and batch_size.dim() == 0 and _exporting():
@@ -105,8 +97,7 @@ def _check_batch_size(batch_size: Any) -> Any:
 
 
 class _NoiseStd:
-    """``noise_std`` and ``set_noise_std`` for a sigma that follows ``spec.NoiseStd``,
-    stored in ``std_raw``: a parameter if learnable, else a buffer."""
+    """``noise_std`` and ``set_noise_std``; ``std_raw`` is a parameter if learnable."""
 
     def _register_std(self, rule: spec.NoiseStd | None) -> None:
         self._rule = rule
@@ -137,15 +128,12 @@ class _NoiseStd:
 class InitialState(_NoiseStd, nn.Module):
     """Produces the initial state of a PyTorch recurrent layer with one strategy.
 
-    ``init(batch_size, like=x)`` returns exactly what ``nn.GRU``/``nn.RNN`` take as
-    ``h0`` (shape ``(num_layers * num_directions, batch, hidden_size)``) or what
-    ``nn.LSTM`` takes as ``(h0, c0)`` (``h0`` has ``proj_size`` features when
-    ``proj_size > 0``), on the dtype and device of ``like``. ``strategy`` is a name
-    from :data:`reference_impl.STRATEGIES` with its options as keywords
-    (:data:`reference_impl.spec.OPTIONS`; a callable ``init`` is applied in place to
-    each parameter), or a :class:`reference_impl.spec.Strategy` value. Trainable
-    vectors are the parameters ``h0``/``c0`` (``(rows, features)``), stored draws
-    (``resample=False``) buffers of those names, a noisy sigma ``std_raw``.
+    ``init(batch_size, like=x)`` returns the ``h0`` of ``nn.GRU``/``nn.RNN``,
+    ``(num_layers * num_directions, batch, hidden_size)``, or the ``(h0, c0)`` of
+    ``nn.LSTM`` (``h0`` with ``proj_size`` features if set), on ``like``'s dtype and
+    device. ``strategy`` is a name with its options as keywords, or a
+    :class:`reference_impl.spec.Strategy`. Vectors are ``h0``/``c0``, ``(rows,
+    features)``: parameters, or buffers for ``resample=False``; sigma is ``std_raw``.
 
     >>> init = InitialState("xavier", hidden_size=64, cell="lstm", seed=0)
     >>> h0, c0 = init(batch_size=8)
@@ -262,11 +250,10 @@ def _rnn_kind(rnn: nn.Module) -> str:
 class InitialStateRNN(nn.Module):
     """Wraps an ``nn.GRU``, ``nn.LSTM`` or ``nn.RNN`` and gives it an initial-state strategy.
 
-    ``model(x)`` returns what the wrapped layer returns, with the state made by
-    ``model.initial_state``; ``model(x, hx)`` uses ``hx`` as given. The wrapped
-    layer runs once over the whole sequence (cuDNN on GPU), never in a Python loop.
-    Works with ``batch_first``, bidirectional and stacked layers, ``proj_size``,
-    unbatched 2-D input and ``PackedSequence``.
+    ``model(x)`` returns what the wrapped layer returns, started from
+    ``model.initial_state``; ``model(x, hx)`` uses ``hx``. The layer runs once over the
+    sequence (cuDNN on GPU), with ``batch_first``, bidirectional and stacked layers,
+    ``proj_size``, unbatched input and ``PackedSequence``.
 
     >>> model = InitialStateRNN(nn.LSTM(10, 32), strategy="noisy", noise_std=0.1)
     >>> out, (h, c) = model.eval()(torch.randn(20, 16, 10))
@@ -375,13 +362,10 @@ def _compiled_steps(cell, x, state, time_dim, noise) -> tuple[Tensor, State]:
 class NoisyCell(_NoiseStd, nn.Module):
     """Per-step state noise around ``nn.GRUCell``, ``nn.LSTMCell`` or ``nn.RNNCell``.
 
-    In training every step adds ``N(0, sigma^2)`` noise to the carried state (each
-    component of an LSTM state) before the wrapped cell reads it; in ``eval()`` the
-    cell runs unchanged. Sigma follows :class:`reference_impl.spec.NoiseStd`
-    (``learnable_std=True``: ``min_std + softplus(std_raw)``, a parameter); draws
-    come from a generator seeded with ``seed``, or torch's global one. Call it like
-    the cell for one step, or :meth:`unroll` a sequence: the fused layers cannot take
-    noise between steps, so the cell is stepped, in Python or in compiled blocks.
+    In training every step adds ``N(0, sigma^2)`` noise to each state component
+    before the cell reads it; in ``eval()`` the cell runs unchanged. Sigma follows
+    :class:`reference_impl.spec.NoiseStd`; draws come from a generator seeded with
+    ``seed``, or torch's global one. Call it for one step, or :meth:`unroll` a sequence.
 
     >>> cell = NoisyCell(nn.GRUCell(10, 32), noise_std=0.1)
     >>> out, h = cell.unroll(torch.randn(20, 4, 10))
@@ -433,19 +417,13 @@ class NoisyCell(_NoiseStd, nn.Module):
     ) -> tuple[Tensor, State]:
         """Run the cell over a sequence; returns ``(outputs, final_state)``.
 
-        ``x`` is ``(time, batch, features)`` (``(batch, time, features)`` with
-        ``batch_first=True``) or unbatched ``(time, features)``; ``outputs`` stacks
-        ``h`` of every step in the same layout. In training the noise of all steps is
-        drawn first, one ``(time, *batch, features)`` draw per state component, and
-        step ``t`` reads ``state + sigma * eps[t]``; ``eval()`` runs the bare cell.
-
-        ``compile=True`` (training) steps through blocks of 10 steps compiled by
-        ``torch.compile``, leftover steps eagerly: the same noise, the same numbers up
-        to float rounding. Forward+backward of a GRU (batch 64, 128 units) on CPU took
-        about 0.83 of the eager loop's time, after a first compile of half a minute
-        (seconds from inductor's disk cache), again for a new batch size, dtype or
-        cell kind. If compiling fails (no C++ compiler, ...) it warns once and steps
-        eagerly.
+        ``x`` is ``(time, batch, features)``, ``(batch, time, features)`` with
+        ``batch_first=True``, or ``(time, features)``; ``outputs`` stacks every step's
+        ``h`` in the same layout. In training the noise of all steps is drawn first, one
+        ``(time, *batch, features)`` draw per component, and step ``t`` reads ``state +
+        sigma * eps[t]``. ``compile=True`` steps blocks of 10 steps compiled by
+        ``torch.compile`` (the same numbers up to rounding; the first compile takes
+        seconds to a minute); if compiling fails it warns once and steps eagerly.
         """
         if x.dim() not in (2, 3):
             raise ValueError(f"input must be 3-D or 2-D; got shape {tuple(x.shape)}")

@@ -1,9 +1,5 @@
-"""What the two Flax APIs share: the spec's plan executed with JAX arrays.
-
-Both :mod:`reference_impl.flax.linen` and :mod:`reference_impl.flax.nnx` import
-from here and never from each other. Nothing here knows a linen or NNX class: cell
-types come in as arguments.
-"""
+"""What linen and NNX share (neither imports the other): the spec's plan executed with
+JAX arrays. Nothing here knows a linen or NNX class: cell types come in as arguments."""
 
 from __future__ import annotations
 
@@ -44,11 +40,9 @@ class CellInfo:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The state components, ``("h", "c")`` for an LSTM."""
         return ("h", "c") if self.kind == "lstm" else ("h",)
 
     def assemble(self, parts: Mapping[str, Array]) -> Carry:
-        """One carry in the cell's layout: Flax LSTM cells carry ``(c, h)``."""
         return (parts["c"], parts["h"]) if self.kind == "lstm" else parts["h"]
 
 
@@ -64,11 +58,8 @@ class LayerInfo:
 
 
 def cell_info(cell: object, kinds: Sequence[tuple[tuple[type, ...], str]], api: str) -> CellInfo:
-    """Kind, features and dtype of a Flax cell (``kinds`` maps cell types to kinds).
-
-    A NoisyCell (anything with a ``cell`` and a ``noise_std``) is its wrapped cell.
-    """
-    if hasattr(cell, "noise_std") and hasattr(cell, "cell"):
+    """Kind, features and dtype of a Flax cell; a NoisyCell's are its wrapped cell's."""
+    if _is_noisy(cell):
         return cell_info(cell.cell, kinds, api)
     for types, kind in kinds:
         if isinstance(cell, types):
@@ -132,26 +123,13 @@ def check_stack(infos: Sequence[LayerInfo]) -> None:
         raise ValueError("all layers of a stack must have the same time_major")
 
 
-def check_deterministic(value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"deterministic must be True or False; got {value!r}")
-    return bool(value)
-
-
-def check_bidirectional(value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"bidirectional must be True or False; got {value!r}")
-    return bool(value)
-
-
 def make_plan(strategy: Any, options: Mapping[str, Any]) -> spec.Strategy:
     """The strategy's plan; an option given as ``None`` means its default."""
     return spec.make(strategy, **{k: v for k, v in dict(options).items() if v is not None})
 
 
 def uniform(key: Array, shape: tuple[int, ...], bound: float, dtype: Dtype) -> Array:
-    # Drawn in float32 and cast, so one key gives the same numbers in every dtype,
-    # up to rounding.
+    # In float32 and cast: one key gives the same numbers in every dtype, up to rounding.
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
 
 
@@ -185,11 +163,7 @@ def std_from_raw(rule: spec.NoiseStd, raw: Array | None) -> Array:
 
 
 def add_noise(carry: Carry, key: Array, std: Array) -> Carry:
-    """``carry`` plus independent ``N(0, std^2)`` noise on every component (one step).
-
-    All components are drawn in one call (Flax carries hold components of one
-    shape): inside a scan every random op costs per step.
-    """
+    """``carry`` plus ``N(0, std^2)`` noise on every component, in one draw (one step)."""
     leaves, treedef = jax.tree.flatten(carry)
     noise = normal(key, (len(leaves), *leaves[0].shape), leaves[0].dtype)
     scaled = [leaf + std.astype(leaf.dtype) * noise[i] for i, leaf in enumerate(leaves)]
@@ -197,10 +171,9 @@ def add_noise(carry: Carry, key: Array, std: Array) -> Carry:
 
 
 # ------------------------------------------------------------- pre-drawn noise
-# Inside InitialStateRNN the noise of every step is drawn before the scan, in one
-# call, and appended to the inputs as extra columns: one block of
-# ``components * features`` columns per direction. Each NoisyCell takes its block
-# (``noise_block=(index, count)``) and passes the rest to the wrapped cell.
+# InitialStateRNN draws the noise of all steps before the scan and appends it to the
+# inputs: one block of columns (h, then c) per direction. Each NoisyCell takes its
+# block (``noise_block=(index, count)``) and passes the rest to the wrapped cell.
 
 
 def noise_width(info: CellInfo) -> int:
@@ -217,20 +190,17 @@ def split_noise(
     carry: Carry, inputs: Array, block: tuple[int, int], info: CellInfo, std: Array
 ) -> tuple[Carry, Array]:
     """The carry plus ``std`` times this cell's pre-drawn block, and the bare inputs."""
-    index, count = block
-    width = noise_width(info)
-    start = inputs.shape[-1] - (count - index) * width
-    noise = inputs[..., start : start + width]
-    leaves, treedef = jax.tree.flatten(carry)
-    order = {"h": 0, "c": 1}  # the noise columns are h, then c
-    names = ("c", "h") if info.kind == "lstm" else ("h",)  # the carry's leaf order
-    f = info.features
-    noisy = [
-        leaf
-        + std.astype(leaf.dtype) * noise[..., order[n] * f : (order[n] + 1) * f].astype(leaf.dtype)
-        for leaf, n in zip(leaves, names, strict=True)
-    ]
-    return jax.tree.unflatten(treedef, noisy), inputs[..., : inputs.shape[-1] - count * width]
+    (index, count), f = block, info.features
+    end = inputs.shape[-1] - count * noise_width(info)  # the bare inputs end here
+    start = end + index * noise_width(info)
+    leaves = jax.tree.leaves(carry)  # (c, h) for an LSTM
+    parts = dict(zip(("c", "h") if info.kind == "lstm" else ("h",), leaves, strict=True))
+    noisy = {}
+    for i, name in enumerate(info.names):
+        part = parts[name]
+        noise = inputs[..., start + i * f : start + (i + 1) * f].astype(part.dtype)
+        noisy[name] = part + std.astype(part.dtype) * noise
+    return info.assemble(noisy), inputs[..., :end]
 
 
 # --------------------------------------------------------------- the state itself
@@ -261,12 +231,9 @@ def make_state(
     draw_key: Array | None,
     noise: tuple[Array, Array] | None,
 ) -> Carry:
-    """The carry of one layer, executing ``plan.source`` and the noise rule.
-
-    ``vectors`` holds the ``(directions, features)`` arrays (learnable or stored);
-    ``draw_key`` is set for a per-call draw; ``noise`` is ``(key, std)`` when noise is
-    added. Returns one cell carry, or a ``(forward, backward)`` pair.
-    """
+    """One layer's carry (a ``(forward, backward)`` pair for two directions) from the
+    ``(directions, features)`` ``vectors``, a per-call ``draw_key``, or zeros, plus
+    ``noise=(key, std)`` if given."""
     names, dtype, features = cell.names, cell.param_dtype, cell.features
     shape = (directions, *batch_shape, features)
     keys = dict(zip(("draw", "noise"), (draw_key, noise and noise[0]), strict=True))

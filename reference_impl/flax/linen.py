@@ -13,27 +13,12 @@ Use it as ``from reference_impl.flax import linen as ri``::
     >>> variables["params"]["initial_state"]["h"].shape  # (directions, features)
     (1, 8)
 
-Each strategy is the plan :func:`reference_impl.spec.make` builds; this module and
+The strategy is the plan :func:`reference_impl.spec.make` builds; this module and
 :mod:`reference_impl.flax.nnx` execute it with JAX arrays through one shared module.
-What follows Flax's idiom (the API page tabulates it against the other frameworks):
-
-Where the state lives
-    :class:`InitialState` holds ``"h"`` (and ``"c"``), ``(directions, features)``,
-    row 0 forward: in ``"params"`` when learnable, in the non-trainable
-    :data:`BUFFERS` collection for ``resample=False`` (so no optimizer, weight decay
-    included, moves it). Pass *all* the variables returned by ``init`` to ``apply``.
-    Submodules are ``rnn`` and ``initial_state``, or ``rnn_{i}`` and
-    ``initial_state_{i}`` for layer ``i`` of a stack. LSTM carries are ``(c, h)``.
-Randomness
-    From Flax rng streams, never a ``seed`` (a ``ValueError``): the ``"params"`` key
-    of ``init`` for what is drawn once; :data:`INITIAL_STATE_RNG` for ``uniform`` and
-    ``xavier`` with ``resample=True``; :data:`NOISE_RNG` for the ``noisy`` strategy
-    and :class:`NoisyCell`. At ``init`` a missing stream falls back to ``"params"``;
-    at ``apply`` it is a ``ValueError`` naming it. Under ``jax.vmap`` map over keys
-    too, or every row gets the same draw.
-Training and evaluation
-    ``deterministic=False`` adds noise, ``True`` turns it off (constructor field or
-    call argument, as for ``nn.Dropout``); ``init`` defaults to ``True``.
+:class:`InitialState` holds ``"h"`` (and ``"c"``), ``(directions, features)``, in
+``"params"`` when learnable and in :data:`BUFFERS` for ``resample=False``; draws come
+from rng streams, never a ``seed``; ``deterministic`` turns noise off. The table of
+the API page sets these idioms beside the other frameworks'.
 """
 
 from __future__ import annotations
@@ -95,12 +80,8 @@ def _reject_seed(seed: int | None, where: str) -> None:
 
 
 def _constructor_options(strategy: Any, options: dict[str, Any], where: str) -> tuple:
-    """Split a linen constructor's keywords into Module arguments and strategy options.
-
-    Linen rebuilds modules from their fields (``options=...``) as well as from the
-    user's keywords, so both forms are merged; the spec validates them and a ``seed``
-    is refused. Returns ``(module_args, strategy name, options)``.
-    """
+    """``(module_args, strategy name, options)`` from a constructor's keywords; linen
+    also rebuilds modules from their fields (``options=...``), so both forms merge."""
     module_args = {k: options.pop(k) for k in ("parent", "name") if k in options}
     given = dict(options.pop("options", None) or {})
     given.update(options)
@@ -129,7 +110,7 @@ def _deterministic(module: nn.Module, value: bool | None, what: str) -> bool:
             f"(training: noise from the {NOISE_RNG!r} rng stream), given to the constructor "
             "or to the call"
         )
-    return C.check_deterministic(value)
+    return spec.check_bool("deterministic", value)
 
 
 def _noise_std(module: nn.Module, rule: spec.NoiseStd) -> Array:
@@ -156,32 +137,13 @@ class _InitialStateFields(nn.Module):
 class InitialState(_InitialStateFields):
     """Produces the initial carry of one Flax linen recurrent layer with one strategy.
 
-    ``state(batch_shape)`` returns the carry in the cell's own layout, ready for
-    ``nn.RNN(cell)(x, initial_carry=...)``: an array ``(*batch_shape, features)``
-    for ``nn.GRUCell``/``nn.SimpleCell``, a tuple ``(c, h)`` for ``nn.LSTMCell``/
-    ``nn.OptimizedLSTMCell``, and a pair ``(forward, backward)`` of those with
-    ``bidirectional=True`` (what ``nn.Bidirectional`` takes). ``batch_shape=()``
-    gives an unbatched carry.
-
-    Args:
-        strategy: one of :data:`~reference_impl.STRATEGIES`.
-        cell: ``"gru"``, ``"lstm"`` or ``"rnn"``, or a linen cell (its kind,
-            ``features`` and ``param_dtype`` are used).
-        features: the hidden size (taken from the cell when a cell is given).
-        bidirectional: two rows, forward then backward.
-        param_dtype: dtype of the variables and of the carry.
-        deterministic: ``noisy`` only; ``False`` adds noise, ``True`` returns the base
-            state. Also a call argument, which wins.
-        **options: the strategy's options (see :data:`reference_impl.spec.OPTIONS`):
-            ``bound`` (uniform), ``gain`` (xavier), ``resample`` (uniform, xavier),
-            ``init`` (learnable: ``"zeros"``, ``"uniform"``, ``"xavier"`` or a Flax
-            initializer ``(key, shape, dtype)`` called with ``(directions,
-            features)``), ``noise_std``, ``learnable_std``, ``min_std``, ``base``
-            (noisy). ``seed`` is rejected: see the module docstring.
-
-    Variables: ``"h"`` (and ``"c"``) of shape ``(directions, features)``, in
-    ``"params"`` (learnable, noisy with ``base="learnable"``) or in ``"buffers"``
-    (``resample=False``); ``"std_raw"`` in ``"params"`` for a learnable noise std.
+    ``state(batch_shape)`` returns the carry in the cell's layout, for
+    ``nn.RNN(cell)(x, initial_carry=...)``: ``(*batch_shape, features)``, a tuple
+    ``(c, h)`` for an LSTM cell, a pair ``(forward, backward)`` of those with
+    ``bidirectional=True``. ``cell`` is a kind (``"gru"``, ``"lstm"``, ``"rnn"``, with
+    ``features``) or a linen cell; ``deterministic`` (also a call argument, which wins)
+    turns the noisy strategy's noise off. Variables ``"h"``/``"c"`` are
+    ``(directions, features)``; a learnable sigma is ``"std_raw"`` in ``"params"``.
 
     >>> import jax, jax.numpy as jnp
     >>> state = InitialState("xavier", cell="lstm", features=16, resample=False)
@@ -191,17 +153,6 @@ class InitialState(_InitialStateFields):
     ((8, 16), (8, 16), (1, 16))
     >>> bool(jnp.abs(h).max() <= spec.xavier_bound(16)), bool((h == h[0]).all())
     (True, True)
-
-    Inside a model, its carry goes to ``nn.RNN``:
-
-    >>> import flax.linen as nn
-    >>> class Encoder(nn.Module):
-    ...     @nn.compact
-    ...     def __call__(self, x):
-    ...         carry = InitialState("learnable", cell="gru", features=8)(x.shape[:-2])
-    ...         return nn.RNN(nn.GRUCell(8))(x, initial_carry=carry)
-    >>> Encoder().init_with_output(jax.random.key(0), jnp.ones((2, 5, 3)))[0].shape
-    (2, 5, 8)
     """
 
     def __init__(
@@ -223,7 +174,7 @@ class InitialState(_InitialStateFields):
             strategy=strategy,
             cell=info.kind,
             features=info.features,
-            bidirectional=C.check_bidirectional(bidirectional),
+            bidirectional=spec.check_bool("bidirectional", bidirectional),
             options=FrozenDict(resolved),
             param_dtype=info.param_dtype,
             deterministic=deterministic,
@@ -273,18 +224,10 @@ class NoisyCell(nn.RNNCellBase):
     """Per-step state noise around a Flax linen cell, for use inside ``nn.RNN``.
 
     With ``deterministic=False`` every step adds ``N(0, noise_std^2)`` noise to each
-    component of the carry (both ``c`` and ``h`` of an LSTM) before the wrapped cell
-    reads it; with ``deterministic=True`` it is exactly the wrapped cell.
-    ``learnable_std=True`` makes the std a parameter ``"std_raw"``,
-    ``min_std + softplus(std_raw)``, positive by construction. The wrapped cell's
-    parameters are under ``"cell"``.
-
-    Inside :class:`InitialStateRNN`, the noise of all steps is drawn before the scan
-    from the ``rng_collection`` stream (``"noise"``), in one call, and handed to the
-    cell as extra input columns: the scan draws nothing. In a bare ``nn.RNN`` the
-    cell draws at every step, so ``nn.RNN`` must split that stream per step:
-    ``nn.RNN(NoisyCell(...), split_rngs={"params": False, "noise": True})`` (without
-    the split the cell raises).
+    carry component before the wrapped cell (under ``"cell"``) reads it; with ``True``
+    it is the wrapped cell. Inside :class:`InitialStateRNN` the noise of all steps is
+    drawn before the scan from the ``"noise"`` stream; in a bare ``nn.RNN`` the cell
+    draws every step, so the stream must be split per step (``split_rngs``, below).
 
     >>> import jax, jax.numpy as jnp
     >>> import flax.linen as nn
@@ -305,9 +248,7 @@ class NoisyCell(nn.RNNCellBase):
     deterministic: bool | None = None
     rng_collection: str = NOISE_RNG
     seed: int | None = None
-    noise_block: tuple[int, int] | None = None
-    """Set by :class:`InitialStateRNN`: the step's noise is pre-drawn, block
-    ``(index, count)`` of the extra input columns (see ``_common.split_noise``)."""
+    noise_block: tuple[int, int] | None = None  # set by InitialStateRNN: pre-drawn noise
 
     def __post_init__(self) -> None:
         _cell_info(self.cell)  # a TypeError for an unsupported cell, at construction
@@ -325,7 +266,8 @@ class NoisyCell(nn.RNNCellBase):
         rule = self._rule()
         std = _noise_std(self, rule)
         if self.noise_block is not None:  # training, with the noise drawn before the scan
-            carry, inputs = C.split_noise(carry, inputs, self.noise_block, self._info(), std)
+            info = _cell_info(self.cell)
+            carry, inputs = C.split_noise(carry, inputs, self.noise_block, info, std)
         elif rule.draws and not _deterministic(self, None, "NoisyCell"):
             hint = (
                 f", and inside nn.RNN split it per step: nn.RNN(cell, split_rngs="
@@ -334,10 +276,6 @@ class NoisyCell(nn.RNNCellBase):
             what = "NoisyCell with deterministic=False"
             carry = C.add_noise(carry, _rng_key(self, self.rng_collection, what, hint), std)
         return self.cell(carry, inputs)
-
-    @nn.nowrap
-    def _info(self) -> C.CellInfo:
-        return _cell_info(self.cell)
 
     @nn.nowrap
     def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
@@ -350,12 +288,8 @@ class NoisyCell(nn.RNNCellBase):
 
 
 class _Layers:
-    """The wrapped layers, kept out of linen's adoption of module fields.
-
-    Linen adopts (and names) every module found in a field. InitialStateRNN instead
-    builds its submodules at call time from these unbound templates, so it can
-    choose their names and give a NoisyCell the call's ``deterministic``.
-    """
+    """The wrapped layers, hidden from linen (which adopts every module in a field):
+    InitialStateRNN builds its submodules from these templates at call time."""
 
     __slots__ = ("infos", "modules", "stack")
 
@@ -386,14 +320,6 @@ def _rebuild(layer: nn.Module, change: Any) -> nn.Module:
     return change(layer, 0)
 
 
-def _split_rngs(rnn: nn.RNN, direction: int) -> nn.RNN:
-    """``rnn`` with its NoisyCell's stream split per step (one key per step)."""
-    cell = rnn.cell
-    if isinstance(cell, NoisyCell) and not dict(rnn.split_rngs).get(cell.rng_collection):
-        return rnn.clone(parent=None, split_rngs={**rnn.split_rngs, cell.rng_collection: True})
-    return rnn
-
-
 def _normalize_layer(item: object) -> tuple[nn.Module, C.LayerInfo]:
     if isinstance(item, nn.RNNCellBase):
         item = nn.RNN(item, parent=None)
@@ -403,7 +329,7 @@ def _normalize_layer(item: object) -> tuple[nn.Module, C.LayerInfo]:
             f"nn.Bidirectional of one, or a list of those; got {type(item).__name__}"
         )
     info = C.layer_info(item, nn.RNN, nn.Bidirectional, _cell_info)
-    return _rebuild(_detach(item), _split_rngs), info
+    return _detach(item), info
 
 
 def _normalize(rnn: object) -> _Layers:
@@ -427,28 +353,12 @@ class _InitialStateRNNFields(nn.Module):
 class InitialStateRNN(_InitialStateRNNFields):
     """Wraps Flax linen recurrent layers and gives them an initial-state strategy.
 
-    ``rnn`` is a cell (``nn.GRUCell``, ``nn.LSTMCell``, ``nn.OptimizedLSTMCell``,
-    ``nn.SimpleCell``, or a :class:`NoisyCell` of one; it is run by ``nn.RNN``), an
-    ``nn.RNN``, an ``nn.Bidirectional`` of two ``nn.RNN``, or a list of those run one
-    after the other (a stack). Each layer runs as one ``nn.RNN`` scan, never a Python
-    loop over steps.
-
-    ``model.apply(variables, x)`` returns the outputs of the last layer for every
-    step, ``(carry, outputs)`` with ``return_carry=True`` (default: the wrapped
-    layer's own ``return_carry``; ``False`` for a stack, whose carry is a tuple with
-    one carry per layer). ``x`` is ``(*batch, time, features)`` (unbatched
-    ``(time, features)`` too), or time-major if the layers are. An explicit
-    ``initial_carry`` (same structure as the carry) wins over the strategy.
-
-    Submodules: ``rnn`` and ``initial_state`` (an :class:`InitialState`) for one
-    layer; ``rnn_{i}`` and ``initial_state_{i}`` for layer ``i`` of a stack.
-
-    Args:
-        rnn: the layer, or a list of layers.
-        strategy: one of :data:`~reference_impl.STRATEGIES` (default ``"learnable"``).
-        deterministic: noise off (``True``) or on (``False``) for the ``noisy``
-            strategy and for every :class:`NoisyCell` inside; also a call argument.
-        **options: the strategy's options, as for :class:`InitialState`.
+    ``rnn`` is a cell (or a :class:`NoisyCell` of one), an ``nn.RNN``, an
+    ``nn.Bidirectional`` of two, or a list of those (a stack); each layer is one
+    ``nn.RNN`` scan. ``model.apply(variables, x)`` returns the last layer's outputs,
+    ``(carry, outputs)`` with ``return_carry=True`` (default: the layer's own; a
+    stack's carry has one carry per layer). ``initial_carry`` wins over the strategy;
+    ``deterministic`` applies to the noisy strategy and to every NoisyCell inside.
 
     >>> import jax, jax.numpy as jnp
     >>> import flax.linen as nn
@@ -538,12 +448,10 @@ class InitialStateRNN(_InitialStateRNNFields):
     def _prepare(
         self, layer: nn.Module, info: C.LayerInfo, x: Array, deterministic: bool | None
     ) -> tuple[nn.Module, Array]:
-        """The layer for this call, and its inputs.
-
-        Every NoisyCell gets the call's ``deterministic``; in training, when every
+        """The layer for this call, and its inputs: every NoisyCell gets the call's
+        ``deterministic`` and its stream split per step; in training, when every
         direction's cell is a NoisyCell that draws, the noise of all steps is drawn
-        here, in one call, appended to the inputs, and each cell takes its block.
-        """
+        here, appended to the inputs, and each cell takes its block."""
         cells = [rnn.cell for rnn in _directions(layer)]
         noisy = info.noisy and all(isinstance(c, NoisyCell) for c in cells)
         if noisy:
@@ -554,11 +462,12 @@ class InitialStateRNN(_InitialStateRNNFields):
             x = C.append_noise(x, _rng_key(self, cells[0].rng_collection, what), info)
 
         def change(rnn: nn.RNN, direction: int) -> nn.RNN:
-            if not isinstance(rnn.cell, NoisyCell):
+            if not isinstance(cell := rnn.cell, NoisyCell):
                 return rnn
             fields = {} if deterministic is None else {"deterministic": deterministic}
             if noisy:
                 fields["noise_block"] = (direction, info.directions)
-            return rnn.clone(parent=None, cell=rnn.cell.clone(parent=None, **fields))
+            split = {**rnn.split_rngs, cell.rng_collection: True}
+            return rnn.clone(parent=None, cell=cell.clone(parent=None, **fields), split_rngs=split)
 
         return _rebuild(layer, change), x

@@ -12,26 +12,12 @@ Use it as ``from reference_impl.flax import nnx as ri_nnx``::
     >>> model.initial_state.h.shape  # an nnx.Param, (directions, features)
     (1, 8)
 
-The same names, options and state layout as :mod:`reference_impl.flax.linen`,
-executed by the same shared module, the NNX way (the API page tabulates it):
-
-Where the state lives
-    Attributes ``h`` (and ``c``), ``(directions, features)``: an ``nnx.Param`` when
-    learnable, a :class:`Buffer` (never updated by ``nnx.Optimizer(..., wrt=
-    nnx.Param)``) for ``resample=False``; ``std_raw`` for a learnable noise std.
-    :class:`InitialStateRNN` has ``rnn`` and ``initial_state``, or ``nnx.List`` of
-    them for a stack; all of it is in ``nnx.state(model)``.
-Randomness
-    Draws at construction use the ``params`` stream of ``rngs``; per-call draws use
-    a stream forked at construction (``initial_state`` for ``resample=True``,
-    ``noise`` for ``noisy`` and :class:`NoisyCell`; ``nnx.Rngs(0)`` serves all via
-    its default stream), which advances at every call, under ``nnx.jit`` too.
-    ``rngs=`` at call time overrides it. ``seed=s`` means ``rngs=nnx.Rngs(s)``
-    (giving both is an error).
-Training and evaluation
-    ``deterministic`` (default ``False``, training, as ``nnx.Dropout``);
-    ``model.eval()``, ``model.train()`` and ``nnx.view(model, deterministic=...)``
-    set it on every module inside.
+The same names, options and state layout as :mod:`reference_impl.flax.linen`, executed
+by the same shared module, the NNX way: ``h`` (and ``c``) are an ``nnx.Param`` when
+learnable and a :class:`Buffer` for ``resample=False``; ``seed=s`` means
+``rngs=nnx.Rngs(s)``; ``deterministic`` (default ``False``) is set by ``model.eval()``
+and ``model.train()``. The table of the API page sets these idioms beside the other
+frameworks'.
 """
 
 from __future__ import annotations
@@ -66,10 +52,8 @@ RngsLike = nnx.Rngs | nnx.RngStream | None
 
 
 class Buffer(nnx.Variable):
-    """A stored, non-trainable state (PyTorch's buffer): the draw of ``resample=False``.
-
-    Saved with ``nnx.state`` like any variable; not an ``nnx.Param``, so gradients and
-    ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` leave it alone.
+    """The stored draw of ``resample=False``: saved by ``nnx.state``, but not an
+    ``nnx.Param``, so ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` leaves it alone.
 
     >>> state = InitialState("uniform", features=4, resample=False, rngs=nnx.Rngs(0))
     >>> type(state.h).__name__, state.h.shape
@@ -165,33 +149,17 @@ class _Sigma:
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view(model, deterministic=...)``."""
         if deterministic is not None:
-            self.deterministic = C.check_deterministic(deterministic)
+            self.deterministic = spec.check_bool("deterministic", deterministic)
 
 
 class InitialState(_Sigma, nnx.Module):
     """Produces the initial carry of one Flax NNX recurrent layer with one strategy.
 
-    ``state(batch_shape)`` returns the carry in the cell's own layout, ready for
-    ``nnx.RNN(cell)(x, initial_carry=...)``: an array ``(*batch_shape, features)``
-    for ``nnx.GRUCell``/``nnx.SimpleCell``, a tuple ``(c, h)`` for an LSTM cell, and
-    a pair ``(forward, backward)`` of those with ``bidirectional=True`` (what
-    ``nnx.Bidirectional`` takes). ``batch_shape=()`` gives an unbatched carry.
-
-    Args:
-        strategy: one of :data:`~reference_impl.STRATEGIES`.
-        cell: ``"gru"``, ``"lstm"`` or ``"rnn"``, or an NNX cell (its kind,
-            ``hidden_features`` and ``param_dtype`` are used).
-        features: the hidden size (taken from the cell when a cell is given).
-        bidirectional: two rows, forward then backward.
-        param_dtype: dtype of the variables and of the carry.
-        deterministic: ``noisy`` only: ``False`` (default, training) adds noise,
-            ``True`` returns the base state; ``model.eval()`` sets it.
-        rngs: ``nnx.Rngs`` for the draws (see the module docstring).
-        **options: the strategy's options (see :data:`reference_impl.spec.OPTIONS`):
-            ``bound``, ``gain``, ``resample``, ``init`` (``"zeros"``, ``"uniform"``,
-            ``"xavier"`` or an initializer ``(key, shape, dtype)`` called with
-            ``(directions, features)``), ``noise_std``, ``learnable_std``,
-            ``min_std``, ``base``, ``seed``.
+    ``state(batch_shape)`` returns the carry in the cell's layout, as linen's
+    :class:`~reference_impl.flax.linen.InitialState` does, for ``nnx.RNN(cell)(x,
+    initial_carry=...)``. ``cell`` is a kind (with ``features``) or an NNX cell;
+    ``rngs`` (or ``seed``) serves the draws; ``deterministic=True`` (``model.eval()``)
+    turns the noisy strategy's noise off.
 
     >>> state = InitialState("noisy", cell="lstm", features=4, noise_std=0.5, rngs=nnx.Rngs(0))
     >>> c, h = state((2,))
@@ -222,8 +190,8 @@ class InitialState(_Sigma, nnx.Module):
         info = C.resolve_cell(cell, features, param_dtype, nnx.Module, _cell_info)
         self.strategy = plan.name
         self.cell, self.features, self.param_dtype = info.kind, info.features, info.param_dtype
-        self.bidirectional = C.check_bidirectional(bidirectional)
-        self.deterministic = C.check_deterministic(deterministic)
+        self.bidirectional = spec.check_bool("bidirectional", bidirectional)
+        self.deterministic = spec.check_bool("deterministic", deterministic)
         self.options = FrozenDict(plan.options())
         rows = (2 if self.bidirectional else 1, info.features)
         if plan.source in ("param", "stored"):
@@ -272,7 +240,11 @@ class InitialState(_Sigma, nnx.Module):
             what = f"strategy {self.strategy!r} with resample=True"
             draw_key = _call_key(rngs, self.rngs, INITIAL_STATE_RNG, what)
         deterministic = self.deterministic if deterministic is None else deterministic
-        if plan.noise is not None and plan.noise.draws and not C.check_deterministic(deterministic):
+        if (
+            plan.noise is not None
+            and plan.noise.draws
+            and not spec.check_bool("deterministic", deterministic)
+        ):
             what = "strategy 'noisy' with deterministic=False"
             noise = (_call_key(rngs, self.rngs, NOISE_RNG, what), self.noise_std)
         directions = 2 if self.bidirectional else 1
@@ -290,14 +262,10 @@ def _what_draws(plan: spec.Strategy) -> str:
 class NoisyCell(_Sigma, nnx.RNNCellBase):
     """Per-step state noise around a Flax NNX cell, for use inside ``nnx.RNN``.
 
-    In training (``deterministic=False``, the default; ``model.train()``) every step
-    adds ``N(0, noise_std^2)`` noise to each component of the carry (both ``c`` and
-    ``h`` of an LSTM) before the wrapped cell reads it; in evaluation
-    (``model.eval()``) it is exactly the wrapped cell. ``learnable_std=True`` makes
-    the std an ``nnx.Param`` ``std_raw``, ``min_std + softplus(std_raw)``. Inside
-    :class:`InitialStateRNN` the noise of all steps is drawn before the scan from the
-    cell's own ``noise`` stream (or the call's ``rngs``) and handed to it as extra
-    input columns; in a bare ``nnx.RNN`` the cell draws a new key at every step.
+    In training (the default; ``model.train()``) every step adds ``N(0,
+    noise_std^2)`` noise to each carry component before the wrapped cell reads it; in
+    ``model.eval()`` it is the wrapped cell. Inside :class:`InitialStateRNN` the noise
+    of all steps is drawn before the scan; in a bare ``nnx.RNN``, at every step.
 
     >>> import jax.numpy as jnp
     >>> cell = NoisyCell(nnx.GRUCell(3, 8, rngs=nnx.Rngs(0)), noise_std=0.1, rngs=nnx.Rngs(1))
@@ -326,7 +294,7 @@ class NoisyCell(_Sigma, nnx.RNNCellBase):
         rule = spec.NoiseStd(noise_std, learnable_std, min_std)
         self.cell = cell
         self.learnable_std, self.min_std, self.fixed_std = rule.learnable, rule.min_std, rule.std
-        self.deterministic = C.check_deterministic(deterministic)
+        self.deterministic = spec.check_bool("deterministic", deterministic)
         self.rng_collection = rng_collection
         self.noise_block = None  # set by InitialStateRNN for a call with pre-drawn noise
         if rule.learnable:
@@ -387,27 +355,10 @@ def _noisy_cells(layer: nnx.Module, info: C.LayerInfo) -> list[NoisyCell]:
 class InitialStateRNN(nnx.Module):
     """Wraps Flax NNX recurrent layers and gives them an initial-state strategy.
 
-    ``rnn`` is an NNX cell (``nnx.GRUCell``, ``nnx.LSTMCell``,
-    ``nnx.OptimizedLSTMCell``, ``nnx.SimpleCell`` or a :class:`NoisyCell` of one; it
-    is run by ``nnx.RNN``), an ``nnx.RNN``, an ``nnx.Bidirectional`` of two
-    ``nnx.RNN``, or a list of those run one after the other (a stack). Each layer is
-    one ``nnx.RNN`` scan, never a Python loop over steps.
-
-    ``model(x)`` returns the outputs of the last layer for every step,
-    ``(carry, outputs)`` with ``return_carry=True`` (default: the wrapped layer's own
-    ``return_carry``; ``False`` for a stack, whose carry is a tuple with one carry
-    per layer). An explicit ``initial_carry`` wins over the strategy.
-
-    Attributes: ``rnn`` and ``initial_state`` (an :class:`InitialState`), or for a
-    stack ``nnx.List`` of them indexed by layer.
-
-    Args:
-        rnn: the layer, or a list of layers.
-        strategy: one of :data:`~reference_impl.STRATEGIES` (default ``"learnable"``).
-        deterministic: if given, set on every module inside (else each keeps its
-            own; ``model.train()``/``model.eval()`` set them all).
-        rngs: ``nnx.Rngs`` for the strategy's draws.
-        **options: the strategy's options, as for :class:`InitialState`.
+    The layers and return values are those of linen's
+    :class:`~reference_impl.flax.linen.InitialStateRNN`, run by ``nnx.RNN``.
+    ``deterministic``, if given, is set on every module inside; ``rngs`` serves the
+    strategy's draws.
 
     >>> import jax.numpy as jnp, optax
     >>> cell = nnx.LSTMCell(3, 8, rngs=nnx.Rngs(0))
@@ -453,7 +404,7 @@ class InitialStateRNN(nnx.Module):
         self.rnn = nnx.List(layers) if stack else layers[0]
         self.initial_state = nnx.List(states) if stack else states[0]
         if deterministic is not None:
-            deterministic = C.check_deterministic(deterministic)
+            deterministic = spec.check_bool("deterministic", deterministic)
             self.set_attributes(deterministic=deterministic, raise_if_not_found=False)
 
     def __call__(
