@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -232,6 +232,69 @@ def state_shapes(
     check_positive_int("batch_size", batch_size)
     rows = num_layers * (2 if bidirectional else 1)
     return tuple((rows, batch_size, f) for f in component_features(cell, hidden_size, proj_size))
+
+
+# --------------------------------------------------------------------------- given state
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One component of an expected state: its name and shape (``None``: any size)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+
+
+def describe_state(tree: object) -> str:
+    """A short text for a (nested) state: ``(c(4, 8), h(4, 8))`` for slots, arrays as
+    ``array(4, 8)``."""
+    if isinstance(tree, Slot):
+        return tree.name + str(tuple(tree.shape))
+    if isinstance(tree, (tuple, list)):
+        inner = ", ".join(describe_state(t) for t in tree)
+        if isinstance(tree, list):
+            return f"[{inner}]"
+        return f"({inner},)" if len(tree) == 1 else f"({inner})"
+    if isinstance(tree, Mapping):
+        return "{" + ", ".join(f"{k!r}: {describe_state(v)}" for k, v in tree.items()) + "}"
+    if hasattr(tree, "shape"):
+        return f"array{tuple(tree.shape)}"
+    return "None" if tree is None else type(tree).__name__
+
+
+def _pairs(given: object, expected: object) -> list[tuple[Any, Slot]] | None:
+    if isinstance(expected, Slot):
+        return [(given, expected)] if hasattr(given, "shape") else None
+    if not isinstance(given, (tuple, list)) or len(given) != len(expected):
+        return None
+    pairs = [_pairs(g, e) for g, e in zip(given, expected, strict=True)]
+    return None if None in pairs else [pair for p in pairs for pair in p]
+
+
+def check_given_state(given: object, expected: object, hint: str) -> list[Any]:
+    """Check a state passed in by the user against the expected :class:`Slot` s (nested in
+    tuples or lists); return its arrays in order. Every framework raises these errors:
+    ``TypeError`` when it is not structured as expected, ``ValueError`` for a shape.
+    ``hint`` says the framework's layout.
+
+    >>> check_given_state([np.zeros((2, 5))], [Slot("h", (2, 4))], "(batch, units)")
+    Traceback (most recent call last):
+    ValueError: initial state h has shape (2, 5); expected (2, 4) ((batch, units))
+    """
+    pairs = _pairs(given, expected)
+    if pairs is None:
+        raise TypeError(
+            f"the initial state must be structured as {describe_state(expected)} ({hint}); "
+            f"got {describe_state(given)}"
+        )
+    for array, slot in pairs:
+        got = tuple(array.shape)
+        fits = zip(got, slot.shape, strict=False)
+        if len(got) != len(slot.shape) or any(None not in (a, b) and a != b for a, b in fits):
+            raise ValueError(
+                f"initial state {slot.name} has shape {got}; expected {slot.shape} ({hint})"
+            )
+    return [array for array, _ in pairs]
 
 
 # --------------------------------------------------------------------------- bounds

@@ -121,10 +121,6 @@ class InitialState(keras.layers.Layer):
     >>> y = keras.layers.LSTM(32)(inputs, initial_state=[h, c])
     >>> tuple(h.shape), tuple(y.shape)
     ((None, 32), (None, 32))
-    >>> init = InitialState("xavier", units=64, seed=0)
-    >>> (h,) = init(np.zeros((8, 5, 3), "float32"))
-    >>> tuple(h.shape), bool(np.abs(h).max() <= spec.xavier_bound(64))
-    ((8, 64), True)
     """
 
     def __init__(
@@ -186,23 +182,12 @@ class InitialState(keras.layers.Layer):
         return ops.convert_to_tensor(self._noise_rule().from_raw(self.std_raw, ops.softplus))
 
     def set_noise_std(self, value: float) -> None:
-        """Set sigma (for a schedule; a variable, so a compiled model does not retrace).
-
-        >>> init = InitialState("noisy", units=4, noise_std=0.5)
-        >>> init.set_noise_std(0.1)
-        >>> round(float(init.noise_std), 6)
-        0.1
-        """
+        """Set sigma (for a schedule; a variable, so a compiled model does not retrace)."""
         raw = self._noise_rule().raw(value)  # checked first, and only noisy has std_raw
         self.std_raw.assign(raw)
 
     def get_initial_state(self, batch_size: Any, training: bool = False) -> list[Any]:
-        """The list of initial states for ``batch_size`` rows (an int or a scalar tensor).
-
-        >>> init = InitialState("zero", units=3, cell="lstm", bidirectional=True)
-        >>> [tuple(s.shape) for s in init.get_initial_state(2)]
-        [(2, 3), (2, 3), (2, 3), (2, 3)]
-        """
+        """The list of initial states for ``batch_size`` rows (an int or a scalar tensor)."""
         plan, dtype = self.plan, self.compute_dtype
         # Noise in training whatever sigma is now: a schedule may raise it from 0.
         std = ops.cast(self.noise_std, _DRAW_DTYPE) if training and plan.noise else None
@@ -386,28 +371,10 @@ class InitialStateRNN(keras.layers.Wrapper):
         self.built = True
 
     def _check_state(self, state: Any, sequences: Any) -> list[Any]:
-        init, names, batch = self.initial_state, self.initial_state.state_names, sequences.shape[0]
+        units, names = self.initial_state.units, self.initial_state.state_names
+        slots = [spec.Slot(name, (sequences.shape[0], units)) for name in names]
         parts = list(state) if isinstance(state, (list, tuple)) else [state]
-        if len(parts) != len(names):
-            expected = ", ".join(f"{n}: (batch, {init.units})" for n in names)
-            raise ValueError(
-                f"explicit initial_state has {len(parts)} tensor(s); expected "
-                f"{len(names)} ({expected})"
-            )
-        for name, part in zip(names, parts, strict=True):
-            if not hasattr(part, "shape"):
-                raise TypeError(
-                    f"explicit initial state {name} must be a tensor of shape (batch, "
-                    f"{init.units}); got {type(part).__name__}"
-                )
-            shape = tuple(part.shape)
-            bad_batch = batch is not None and shape and shape[0] is not None and shape[0] != batch
-            if len(shape) != 2 or shape[1] != init.units or bad_batch:
-                raise ValueError(
-                    f"explicit initial state {name} has shape {shape}; expected "
-                    f"({batch}, {init.units}) (batch, units)"
-                )
-        return parts
+        return spec.check_given_state(parts, slots, f"a list of (batch, {units}) tensors")
 
     def call(
         self, sequences: Any, initial_state: Any = None, mask: Any = None, training: Any = None
@@ -504,11 +471,8 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
         kwargs.setdefault("dtype", cell.dtype_policy)
         super().__init__(**kwargs)
         self.cell, self.kind, self.noise_rule, self.seed = cell, kind, rule, seed
-        self.initial_noise_std, self.learnable_std, self.min_std = (
-            rule.std,
-            rule.learnable,
-            rule.min_std,
-        )
+        self.initial_noise_std, self.min_std = rule.std, rule.min_std
+        self.learnable_std = rule.learnable
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.std_raw = _std_weight(self, rule)
         # (input features, first noise column) while InitialStateRNN hands in noise.

@@ -279,19 +279,14 @@ class InitialStateRNN(nn.Module):
         return self.initial_state.strategy
 
     def _check_state(self, hx: Any, batch: int | None) -> None:
-        init = self.initial_state
-        if init.cell == "lstm" and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError(f"an LSTM state must be a tuple (h0, c0); got {type(hx).__name__}")
-        if init.cell != "lstm" and not isinstance(hx, Tensor):
-            raise TypeError(f"the state must be a tensor; got {type(hx).__name__}")
-        parts = tuple(hx) if init.cell == "lstm" else (hx,)
-        for name, t, f in zip(("h0", "c0"), parts, init.features, strict=False):
-            expected = (init.rows, f) if batch is None else (init.rows, batch, f)
-            if tuple(t.shape) != expected:
-                raise ValueError(
-                    f"explicit state {name} has shape {tuple(t.shape)}; expected {expected} "
-                    "(num_layers * num_directions, batch, features)"
-                )
+        init, rows = self.initial_state, self.initial_state.rows
+        slots = [
+            spec.Slot(n, (rows, f) if batch is None else (rows, batch, f))
+            for n, f in zip(init._names(), init.features, strict=True)
+        ]
+        hint = "num_layers * num_directions, batch, features"
+        hint += "; an LSTM state is a tuple (h0, c0)" if init.cell == "lstm" else ""
+        spec.check_given_state(hx, tuple(slots) if init.cell == "lstm" else slots[0], hint)
 
     def forward(self, x: Tensor | PackedSequence, hx: State | None = None):
         if isinstance(x, PackedSequence):

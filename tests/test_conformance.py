@@ -226,3 +226,14 @@ def test_the_same_error_for_the_same_bad_input(framework, strategy, options, err
         spec.make(strategy, **options)
     except error as expected:
         assert str(caught.value) == str(expected)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("wrong", ["batch", "features"])
+def test_a_given_state_of_the_wrong_shape_is_refused_alike(framework, cell, wrong):
+    """spec.check_given_state in every framework: a ValueError naming the component,
+    its shape and the expected one, before the layer runs."""
+    model = framework.model(cell, F, 1, 1, "zero")
+    shape = (1, B + 1, F) if wrong == "batch" else (1, B, F + 1)
+    with pytest.raises(ValueError, match=r"initial state [hc]0? has shape \(.*\); expected \("):
+        model.run(X, state=[{n: np.zeros(shape) for n in names(cell)}])

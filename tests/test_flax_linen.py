@@ -508,7 +508,7 @@ def test_bad_carry_and_inputs_are_rejected():
     h = jnp.zeros((BATCH, HIDDEN))
     with pytest.raises(TypeError, match=r"\(c, h\)"):
         lstm.apply(variables, x, initial_carry=h)
-    with pytest.raises(ValueError, match=r"expected \(array\(4, 5\), array\(4, 5\)\)"):
+    with pytest.raises(ValueError, match=r"initial state h has shape \(5, 5\); expected \(4, 5\)"):
         lstm.apply(variables, x, initial_carry=(h, jnp.zeros((BATCH + 1, HIDDEN))))
     with pytest.raises(ValueError, match="time, features"):
         lstm.apply(variables, x[0, 0])

@@ -179,7 +179,7 @@ def test_unbatched_input_explicit_carry_and_bad_carry():
     np.testing.assert_allclose(model(x, initial_carry=zero), model.rnn(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match=r"\(c, h\)"):
         model(x, initial_carry=zero[0])
-    with pytest.raises(ValueError, match=r"expected \(array\(4, 5\), array\(4, 5\)\)"):
+    with pytest.raises(ValueError, match=r"initial state h has shape \(4, 6\); expected \(4, 5\)"):
         model(x, initial_carry=(zero[0], jnp.zeros((BATCH, HIDDEN + 1))))
     with pytest.raises(ValueError, match="time, features"):
         model(x[0, 0])

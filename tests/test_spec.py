@@ -300,3 +300,22 @@ def test_noisy_cell_step_with_given_noise():
     assert spec.noisy_cell_step(step, None, s, 0.5, training=False, noise=eps) is s
     with pytest.raises(ValueError, match="noise has 1 component"):
         spec.noisy_cell_step(step, None, s, 0.5, noise=eps[0])
+
+
+def test_check_given_state_returns_the_arrays_in_slot_order_and_names_what_is_wrong():
+    slots = (spec.Slot("c", (None, 4)), spec.Slot("h", (None, 4)))
+    c, h = np.zeros((2, 4)), np.ones((2, 4))
+    got = spec.check_given_state([c, h], slots, "hint")  # a list for a tuple, any batch
+    assert got[0] is c and got[1] is h
+    with pytest.raises(
+        TypeError, match=r"structured as \(c\(None, 4\), h\(None, 4\)\) \(hint\); got array\(2, 4\)"
+    ):
+        spec.check_given_state(c, slots, "hint")
+    with pytest.raises(TypeError, match=r"got \(array\(2, 4\), \[int\]\)"):
+        spec.check_given_state((c, [1]), slots, "hint")
+    with pytest.raises(
+        ValueError, match=r"initial state h has shape \(2, 5\); expected \(None, 4\)"
+    ):
+        spec.check_given_state((c, np.zeros((2, 5))), slots, "hint")
+    with pytest.raises(ValueError, match=r"initial state c has shape \(4,\)"):
+        spec.check_given_state((np.zeros(4), h), slots, "hint")

@@ -359,25 +359,38 @@ def test_initial_state_rnn_rejects_stateful_and_mismatched_directions():
 
 
 @pytest.mark.parametrize(
-    ("state", "message"),
+    ("state", "error", "message"),
     [
-        ([np.zeros((2, 4), "float32")], r"has 1 tensor\(s\); expected 2 \(h: \(batch, 4\), c:"),
-        ([np.zeros((2, 4), "float32")] * 3, r"has 3 tensor\(s\); expected 2"),
-        ([np.zeros((2, 5), "float32")] * 2, r"state h has shape \(2, 5\); expected \(2, 4\)"),
-        ([np.zeros((3, 4), "float32")] * 2, r"state h has shape \(3, 4\); expected \(2, 4\)"),
-        ([np.zeros((2, 1, 4), "float32")] * 2, r"state h has shape \(2, 1, 4\)"),
+        (
+            [np.zeros((2, 4), "float32")],
+            TypeError,
+            r"structured as \[h\(2, 4\), c\(2, 4\)\] \(a list of \(batch, 4\) tensors\); "
+            r"got \[array\(2, 4\)\]",
+        ),
+        ([np.zeros((2, 4), "float32")] * 3, TypeError, r"got \[array\(2, 4\), array"),
+        (
+            [np.zeros((2, 5), "float32")] * 2,
+            ValueError,
+            r"state h has shape \(2, 5\); expected \(2, 4\)",
+        ),
+        (
+            [np.zeros((3, 4), "float32")] * 2,
+            ValueError,
+            r"state h has shape \(3, 4\); expected \(2, 4\)",
+        ),
+        ([np.zeros((2, 1, 4), "float32")] * 2, ValueError, r"state h has shape \(2, 1, 4\)"),
     ],
 )
-def test_explicit_state_of_the_wrong_count_or_shape(state, message):
+def test_explicit_state_of_the_wrong_count_or_shape(state, error, message):
     layer = ri.InitialStateRNN(keras.layers.LSTM(4))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         layer(np.zeros((2, 3, 2), "float32"), initial_state=state)
 
 
 def test_explicit_state_must_be_flat():
     layer = ri.InitialStateRNN(keras.layers.LSTM(4))
     nested = [[np.zeros((2, 4), "float32")] * 2, np.zeros((2, 4), "float32")]
-    with pytest.raises(TypeError, match="state h must be a tensor of shape .batch, 4.; got list"):
+    with pytest.raises(TypeError, match=r"got \[\[array\(2, 4\), array\(2, 4\)\], array"):
         layer(np.zeros((2, 3, 2), "float32"), initial_state=nested)
 
 

@@ -267,20 +267,6 @@ def batch_shape_of(inputs: Array, time_major: bool) -> tuple[int, ...]:
     return tuple(inputs.shape[1:-1] if time_major else inputs.shape[:-2])
 
 
-def _describe(tree: Any) -> str:
-    """A short text for a carry: ``(array(4, 8), array(4, 8))``."""
-    if isinstance(tree, tuple):
-        inner = ", ".join(_describe(t) for t in tree)
-        return f"({inner},)" if len(tree) == 1 else f"({inner})"
-    if isinstance(tree, list):
-        return "[" + ", ".join(_describe(t) for t in tree) + "]"
-    if isinstance(tree, Mapping):
-        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in tree.items()) + "}"
-    if hasattr(tree, "shape"):
-        return f"array{tuple(tree.shape)}"
-    return "None" if tree is None else type(tree).__name__
-
-
 def _layout_hint(layers: Sequence[LayerInfo], stack: bool) -> str:
     parts = []
     if any(layer.cell.kind == "lstm" for layer in layers):
@@ -299,26 +285,18 @@ def given_carries(
     if initial_carry is None:
         return None
     expected = []
-    for info in infos:
-        leaf = jax.ShapeDtypeStruct((*batch, info.cell.features), info.cell.param_dtype)
-        one = info.cell.assemble({"h": leaf, "c": leaf})
-        expected.append(one if info.directions == 1 else (one, one))
-    expected = tuple(expected) if stack else expected[0]
-    hint = _layout_hint(infos, stack)
-    if jax.tree.structure(initial_carry) != jax.tree.structure(expected) or not all(
-        hasattr(g, "shape") for g in jax.tree.leaves(initial_carry)
-    ):
-        raise TypeError(
-            f"initial_carry must be structured as {_describe(expected)} ({hint}); "
-            f"got {_describe(initial_carry)}"
+    for i, info in enumerate(infos):
+        layer, shape = f"[{i}]" if stack else "", (*batch, info.cell.features)
+        directions = ("",) if info.directions == 1 else ("_forward", "_backward")
+        carries = tuple(
+            info.cell.assemble({n: spec.Slot(n + d + layer, shape) for n in info.cell.names})
+            for d in directions
         )
-    for g, e in zip(jax.tree.leaves(initial_carry), jax.tree.leaves(expected), strict=True):
-        if tuple(g.shape) != tuple(e.shape):
-            raise ValueError(
-                f"initial_carry has shapes {_describe(initial_carry)}; expected "
-                f"{_describe(expected)} ({hint})"
-            )
-    return tuple(initial_carry) if stack else (initial_carry,)
+        expected.append(carries if info.directions == 2 else carries[0])
+    expected = tuple(expected) if stack else expected[0]
+    leaves = spec.check_given_state(initial_carry, expected, _layout_hint(infos, stack))
+    carry = jax.tree.unflatten(jax.tree.structure(expected), leaves)  # lists become tuples
+    return tuple(carry) if stack else (carry,)
 
 
 def finish(carries: list[Carry], x: Array, stack: bool, return_carry: bool) -> Any:

@@ -126,8 +126,7 @@ def _call_key(override: Any, own: nnx.RngStream | None, stream: str, what: str) 
 
 
 class _Sigma:
-    """``noise_std`` and ``set_noise_std`` of a module holding a :class:`spec.NoiseStd`
-    rule as ``_rule()`` and, for a learnable sigma, the ``nnx.Param`` ``std_raw``."""
+    """``noise_std`` and ``set_noise_std`` from ``_rule()`` and a learnable ``std_raw``."""
 
     @property
     def noise_std(self) -> Array:
@@ -136,8 +135,7 @@ class _Sigma:
         return C.std_from_raw(rule, self.std_raw[...] if rule.learnable else rule.std)
 
     def set_noise_std(self, value: float) -> None:
-        """Set sigma (validated as at construction): the ``std_raw`` parameter of a
-        learnable sigma, else the fixed value (a new static value: ``nnx.jit``
+        """Set sigma: ``std_raw`` if learnable, else a new static value (``nnx.jit``
         retraces once)."""
         rule = self._rule()
         raw = rule.raw(value)
@@ -168,9 +166,6 @@ class InitialState(_Sigma, nnx.Module):
     >>> state.eval()
     >>> float(jnp.abs(state((2,))[1]).max())
     0.0
-    >>> rnn = nnx.RNN(nnx.LSTMCell(3, 4, rngs=nnx.Rngs(0)))
-    >>> rnn(jnp.ones((2, 5, 3)), initial_carry=state((2,))).shape
-    (2, 5, 4)
     """
 
     def __init__(
@@ -196,14 +191,11 @@ class InitialState(_Sigma, nnx.Module):
         rows = (2 if self.bidirectional else 1, info.features)
         if plan.source in ("param", "stored"):
             kind = nnx.Param if plan.source == "param" else Buffer
-            init = plan.vector_init(info.features)
+            draws_once = plan.vector_init(info.features) is not None
+            init = C.vector_initializer(plan, info.features)
             for name in info.names:
-                key = None if init is None else _init_key(rngs, _what_draws(plan))
-                setattr(
-                    self,
-                    name,
-                    kind(C.vector_initializer(plan, info.features)(key, rows, info.param_dtype)),
-                )
+                key = _init_key(rngs, _what_draws(plan)) if draws_once else None
+                setattr(self, name, kind(init(key, rows, info.param_dtype)))
         if plan.noise is not None and plan.noise.learnable:
             self.std_raw = nnx.Param(jnp.asarray(plan.noise.raw(), jnp.float32))
         draws = plan.source == "draw" or (plan.noise is not None and plan.noise.draws)
@@ -240,11 +232,7 @@ class InitialState(_Sigma, nnx.Module):
             what = f"strategy {self.strategy!r} with resample=True"
             draw_key = _call_key(rngs, self.rngs, INITIAL_STATE_RNG, what)
         deterministic = self.deterministic if deterministic is None else deterministic
-        if (
-            plan.noise is not None
-            and plan.noise.draws
-            and not spec.check_bool("deterministic", deterministic)
-        ):
+        if plan.noise and plan.noise.draws and not spec.check_bool("deterministic", deterministic):
             what = "strategy 'noisy' with deterministic=False"
             noise = (_call_key(rngs, self.rngs, NOISE_RNG, what), self.noise_std)
         directions = 2 if self.bidirectional else 1
