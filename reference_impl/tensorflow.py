@@ -104,8 +104,21 @@ def _std_weight(layer: keras.layers.Layer, rule: spec.NoiseStd) -> Any:
     )
 
 
+class _Sigma:
+    """``noise_std`` and ``set_noise_std`` from ``_noise_rule()`` and the weight ``std_raw``."""
+
+    @property
+    def noise_std(self) -> Any:
+        """The current noise standard deviation, a scalar tensor."""
+        return ops.convert_to_tensor(self._noise_rule().from_raw(self.std_raw, ops.softplus))
+
+    def set_noise_std(self, value: float) -> None:
+        """Set sigma (for a schedule; a variable, so a compiled model does not retrace)."""
+        self.std_raw.assign(self._noise_rule().raw(value))  # checked first
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class InitialState(keras.layers.Layer):
+class InitialState(_Sigma, keras.layers.Layer):
     """Produces the initial state of a Keras recurrent layer with one strategy.
 
     Called on the layer's input (batch first, maybe unknown until the model runs), it
@@ -176,16 +189,6 @@ class InitialState(keras.layers.Layer):
             raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
         return self.plan.noise
 
-    @property
-    def noise_std(self) -> Any:
-        """The current noise standard deviation (noisy strategy), a scalar tensor."""
-        return ops.convert_to_tensor(self._noise_rule().from_raw(self.std_raw, ops.softplus))
-
-    def set_noise_std(self, value: float) -> None:
-        """Set sigma (for a schedule; a variable, so a compiled model does not retrace)."""
-        raw = self._noise_rule().raw(value)  # checked first, and only noisy has std_raw
-        self.std_raw.assign(raw)
-
     def get_initial_state(self, batch_size: Any, training: bool = False) -> list[Any]:
         """The list of initial states for ``batch_size`` rows (an int or a scalar tensor)."""
         plan, dtype = self.plan, self.compute_dtype
@@ -220,7 +223,6 @@ class InitialState(keras.layers.Layer):
         return self.get_initial_state(shape[0], training=bool(training))
 
     def compute_output_shape(self, input_shape: tuple) -> list[tuple]:
-        """One ``(batch, features)`` shape per returned state."""
         return [(input_shape[0], f) for _ in range(self.directions) for f in self.features]
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> list[None]:
@@ -235,7 +237,6 @@ class InitialState(keras.layers.Layer):
         return opts
 
     def get_config(self) -> dict[str, Any]:
-        """The layer config: constructor arguments (the strategy as name and options)."""
         config = super().get_config()
         config.update(strategy=self.strategy, units=self.units, cell=self.cell)
         config.update(bidirectional=self.bidirectional, **self.options_config())
@@ -346,7 +347,6 @@ class InitialStateRNN(keras.layers.Wrapper):
 
     @property
     def strategy(self) -> str:
-        """The strategy of ``self.initial_state``."""
         return self.initial_state.strategy
 
     @property
@@ -356,12 +356,10 @@ class InitialStateRNN(keras.layers.Wrapper):
 
     @property
     def return_sequences(self) -> bool:
-        """The wrapped layer's ``return_sequences``."""
         return self.layer.return_sequences
 
     @property
     def return_state(self) -> bool:
-        """The wrapped layer's ``return_state``."""
         return self.layer.return_state
 
     def build(self, sequences_shape: tuple, initial_state_shape: Any = None) -> None:
@@ -403,15 +401,12 @@ class InitialStateRNN(keras.layers.Wrapper):
                 cell._noise_columns = None
 
     def compute_output_shape(self, sequences_shape: tuple, initial_state_shape: Any = None) -> Any:
-        """The wrapped layer's output shape."""
         return self.layer.compute_output_shape(sequences_shape)
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
-        """The wrapped layer's output mask."""
         return self.layer.compute_mask(inputs, mask)
 
     def get_config(self) -> dict[str, Any]:
-        """The layer config: constructor arguments, JSON-serializable."""
         config = super().get_config()
         config["strategy"] = self.initial_state.strategy
         config.update(self.initial_state.options_config())
@@ -431,7 +426,7 @@ def _forward_to_cell(method: str) -> Callable[..., Any]:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class NoisyCell(keras.layers.Layer, _DropoutMixin):
+class NoisyCell(_Sigma, keras.layers.Layer, _DropoutMixin):
     """Per-step state noise around ``GRUCell``, ``LSTMCell`` or ``SimpleRNNCell``.
 
     Use it as ``InitialStateRNN(keras.layers.RNN(NoisyCell(cell)), strategy="zero")``:
@@ -480,12 +475,10 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
 
     @property
     def state_size(self) -> Any:
-        """The wrapped cell's ``state_size``."""
         return self.cell.state_size
 
     @property
     def output_size(self) -> Any:
-        """The wrapped cell's ``output_size``."""
         return self.cell.output_size
 
     @property
@@ -493,17 +486,10 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
         """The number of noise values per step and batch row (the sum of the state sizes)."""
         return int(np.sum(self.cell.state_size))
 
-    @property
-    def noise_std(self) -> Any:
-        """The current noise standard deviation, a scalar tensor."""
-        return ops.convert_to_tensor(self.noise_rule.from_raw(self.std_raw, ops.softplus))
-
-    def set_noise_std(self, value: float) -> None:
-        """Set sigma (for a schedule); a learnable sigma is re-parametrized to ``value``."""
-        self.std_raw.assign(self.noise_rule.raw(value))
+    def _noise_rule(self) -> spec.NoiseStd:
+        return self.noise_rule
 
     def build(self, input_shape: tuple) -> None:
-        """Build the wrapped cell for one step's input shape."""
         if not self.cell.built:
             self.cell.build(input_shape)
         self.built = True
@@ -537,7 +523,6 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
         return self.cell(inputs, parts if nested else parts[0], training=training)
 
     def get_initial_state(self, batch_size: Any = None) -> Any:
-        """The wrapped cell's (zero) initial state."""
         return self.cell.get_initial_state(batch_size=batch_size)
 
     # Keras's RNN calls these four before and after its loop (see _DropoutMixin above).
@@ -552,7 +537,6 @@ class NoisyCell(keras.layers.Layer, _DropoutMixin):
     reset_recurrent_dropout_mask = _forward_to_cell("reset_recurrent_dropout_mask")
 
     def get_config(self) -> dict[str, Any]:
-        """The layer config: constructor arguments, JSON-serializable."""
         config = super().get_config()
         rule, cell = self.noise_rule, keras.saving.serialize_keras_object(self.cell)
         config.update(noise_std=rule.std, learnable_std=rule.learnable, min_std=rule.min_std)

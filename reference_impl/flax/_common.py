@@ -299,6 +299,10 @@ def given_carries(
     return tuple(carry) if stack else (carry,)
 
 
-def finish(carries: list[Carry], x: Array, stack: bool, return_carry: bool) -> Any:
+def finish(carries: list[Carry], x: Array, infos: Sequence[LayerInfo], stack: bool, return_carry):
+    """The outputs, and the carry (a tuple for a stack) when asked; by default the
+    wrapped layer's own ``return_carry``, ``False`` for a stack."""
+    if return_carry is None:
+        return_carry = not stack and infos[0].return_carry
     final = tuple(carries) if stack else carries[0]
     return (final, x) if return_carry else x

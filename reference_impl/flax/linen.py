@@ -407,8 +407,7 @@ class InitialStateRNN(_InitialStateRNNFields):
         layers: _Layers = self.rnn
         x = jnp.asarray(inputs)
         batch_shape = C.batch_shape_of(x, layers.infos[0].time_major)
-        if deterministic is None:
-            deterministic = self.deterministic
+        deterministic = self.deterministic if deterministic is None else deterministic
         if deterministic is None and self.is_initializing():
             deterministic = True
         given = C.given_carries(initial_carry, layers.infos, layers.stack, batch_shape)
@@ -424,9 +423,7 @@ class InitialStateRNN(_InitialStateRNNFields):
             module = module.clone(parent=self, name="rnn" + suffix)
             carry, x = module(x_in, initial_carry=carry, seq_lengths=seq_lengths, return_carry=True)
             carries.append(carry)
-        if return_carry is None:
-            return_carry = not layers.stack and layers.infos[0].return_carry
-        return C.finish(carries, x, layers.stack, return_carry)
+        return C.finish(carries, x, layers.infos, layers.stack, return_carry)
 
     @nn.nowrap
     def _layer_state(

@@ -415,9 +415,7 @@ class InitialStateRNN(nnx.Module):
             carry = given[i] if given is not None else state(batch_shape, rngs=rngs)
             carry, x = self._run(layer, info, x, carry, seq_lengths, rngs)
             carries.append(carry)
-        if return_carry is None:
-            return_carry = not self.stack and self.infos[0].return_carry
-        return C.finish(carries, x, self.stack, return_carry)
+        return C.finish(carries, x, self.infos, self.stack, return_carry)
 
     @staticmethod
     def _run(
