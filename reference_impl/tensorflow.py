@@ -114,7 +114,8 @@ class _Sigma:
 
     def set_noise_std(self, value: float) -> None:
         """Set sigma (for a schedule; a variable, so a compiled model does not retrace)."""
-        self.std_raw.assign(self._noise_rule().raw(value))  # checked first
+        raw = self._noise_rule().raw(value)  # checked first; only a noisy strategy has std_raw
+        self.std_raw.assign(raw)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
