@@ -271,6 +271,12 @@ def _pairs(given: object, expected: object) -> list[tuple[Any, Slot]] | None:
     return None if None in pairs else [pair for p in pairs for pair in p]
 
 
+def check_init_result(shape: Sequence[int], expected: Sequence[int]) -> None:
+    """The ``ValueError`` for a callable ``init`` that returned the wrong shape."""
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"init returned shape {tuple(shape)}; expected {tuple(expected)}")
+
+
 def check_given_state(given: object, expected: object, hint: str) -> list[Any]:
     """Check a state passed in by the user against the expected :class:`Slot` s (nested in
     tuples or lists); return its arrays in order. Every framework raises these errors:
@@ -454,6 +460,13 @@ class Strategy:
     def noise(self) -> NoiseStd | None:
         """The noise rule (``noisy`` only): ``state + sigma * N(0, 1)`` in training."""
         return None
+
+    def noise_rule(self) -> NoiseStd:
+        """:attr:`noise`, or the ``AttributeError`` every framework raises for
+        ``noise_std`` on a strategy without noise."""
+        if self.noise is None:
+            raise AttributeError(f"strategy {self.name!r} has no noise_std")
+        return self.noise
 
     def options(self) -> dict[str, Any]:
         """The keyword options, as ``strategy=self.name, **options`` takes them."""

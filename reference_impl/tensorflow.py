@@ -79,7 +79,7 @@ def _component_seed(seed: int | None, index: int) -> int | None:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0]) & 0x7FFFFFFF
 
 
-def _initializer(init: float | Callable | None, seed: int | None, index: int, name: str) -> Any:
+def _initializer(init: float | Callable | None, seed: int | None, index: int) -> Any:
     """The Keras initializer for ``plan.vector_init``: zeros, ``U(-b, b)`` or the user's."""
     if init is None:
         return "zeros"
@@ -88,9 +88,7 @@ def _initializer(init: float | Callable | None, seed: int | None, index: int, na
 
     def checked(shape: tuple[int, ...], dtype: Any = None) -> Any:
         value = init(shape, dtype=dtype)
-        got = tuple(int(d) for d in ops.shape(value))
-        if got != tuple(shape):
-            raise ValueError(f"init returned shape {got} for {name}; expected {tuple(shape)}")
+        spec.check_init_result([int(d) for d in ops.shape(value)], shape)
         return value
 
     return checked
@@ -167,7 +165,7 @@ class InitialState(_Sigma, keras.layers.Layer):
         # weight transfer can happen before any call.
         for i, (name, n) in enumerate(zip(self._vector_names(), self.features, strict=True)):
             if plan.source in ("stored", "param"):
-                init = _initializer(plan.vector_init(n), plan.seed, i, name)
+                init = _initializer(plan.vector_init(n), plan.seed, i)
                 kind = {"shape": (self.directions, n), "trainable": plan.source == "param"}
                 setattr(self, name, self.add_weight(initializer=init, name=name, **kind))
         if plan.noise is not None:
@@ -186,9 +184,7 @@ class InitialState(_Sigma, keras.layers.Layer):
         return [f"{n}_{d}" for d in ("forward", "backward") for n in names]
 
     def _noise_rule(self) -> spec.NoiseStd:
-        if self.plan.noise is None:
-            raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
-        return self.plan.noise
+        return self.plan.noise_rule()
 
     def get_initial_state(self, batch_size: Any, training: bool = False) -> list[Any]:
         """The list of initial states for ``batch_size`` rows (an int or a scalar tensor)."""

@@ -71,10 +71,7 @@ def _fill(vec: Tensor, init: float | Callable | None, gen: torch.Generator | Non
         if callable(init):
             result = init(vec)
             if isinstance(result, Tensor) and result is not vec:
-                if result.shape != vec.shape:
-                    raise ValueError(
-                        f"init returned shape {tuple(result.shape)}; expected {tuple(vec.shape)}"
-                    )
+                spec.check_init_result(result.shape, vec.shape)
                 vec.copy_(result)
         elif init is not None:
             vec.copy_(_draw(tuple(vec.shape), vec.dtype, vec.device, gen, init))

@@ -204,7 +204,7 @@ def test_learnable_named_inits(init_name):
 def test_learnable_accepts_a_keras_initializer():
     init = ri.InitialState("learnable", units=3, init=keras.initializers.Constant(0.5))
     np.testing.assert_array_equal(init(inputs(2))[0], np.full((2, 3), 0.5))
-    with pytest.raises(ValueError, match=r"init returned shape \(3,\) for h0; expected \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"init returned shape \(3,\); expected \(1, 3\)"):
         ri.InitialState("learnable", units=3, init=lambda shape, dtype=None: np.zeros(3))
 
 

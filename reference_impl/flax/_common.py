@@ -148,10 +148,7 @@ def vector_initializer(plan: spec.Strategy, features: int) -> Initializer:
 
     def from_callable(key: Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
         value = jnp.asarray(init(key, shape, dtype))
-        if value.shape != tuple(shape):
-            raise ValueError(
-                f"init returned shape {value.shape}; expected {tuple(shape)} (directions, features)"
-            )
+        spec.check_init_result(value.shape, shape)
         return value.astype(dtype)
 
     return from_callable

@@ -206,10 +206,7 @@ class InitialState(_Sigma, nnx.Module):
         return C.make_plan(self.strategy, self.options)
 
     def _rule(self) -> spec.NoiseStd:
-        rule = self._plan().noise
-        if rule is None:
-            raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
-        return rule
+        return self._plan().noise_rule()
 
     def _set_fixed_std(self, value: float) -> None:
         self.options = FrozenDict({**self.options, "noise_std": value})
