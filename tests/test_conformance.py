@@ -73,15 +73,24 @@ def test_stored_and_learnable_vectors_are_broadcast_over_the_batch(
         assert not np.allclose(vectors["h"][0], vectors["h"][1])  # one vector per direction
 
 
-@pytest.mark.parametrize("strategy", ["uniform", "xavier"])
-def test_draw_statistics(framework, strategy):
-    """A large draw is U(-b, b): mean 0, std b / sqrt(3), never beyond b."""
-    features, batch = 64, 500
-    state = framework.initial_state(strategy, "gru", features, 1, seed=1)
+@pytest.mark.parametrize(
+    ("strategy", "options", "b"),
+    [
+        ("uniform", {}, spec.uniform_bound(64)),
+        ("uniform", {"bound": 0.05}, 0.05),
+        ("xavier", {}, spec.xavier_bound(64)),
+        ("xavier", {"gain": 2.0}, spec.xavier_bound(64, 2.0)),
+    ],
+    ids=["uniform", "uniform-bound", "xavier", "xavier-gain"],
+)
+def test_draw_statistics(framework, strategy, options, b):
+    """A large draw is U(-b, b) with the option's bound: mean 0, std b / sqrt(3), the
+    whole range used and never beyond it."""
+    batch = 500
+    state = framework.initial_state(strategy, "gru", 64, 1, seed=1, **options)
     h = state.draw(batch)["h"].ravel()
-    b = BOUNDS[strategy](features)
     n = h.size
-    assert np.abs(h).max() <= b + 1e-7
+    assert 0.95 * b < np.abs(h).max() <= b + 1e-7
     assert abs(h.mean()) < 5 * (b / np.sqrt(3)) / np.sqrt(n)
     assert h.std() == pytest.approx(spec.uniform_std(b), rel=0.02)
 

@@ -92,53 +92,6 @@ def test_any_sizes_give_spec_shapes_and_bounds(
 # --------------------------------------------------------------------------- values
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_learnable_broadcasts_its_vectors_like_spec(cell, bidirectional):
-    init = ri.InitialState("learnable", units=4, cell=cell, bidirectional=bidirectional)
-    rng = np.random.default_rng(0)
-    learned = [rng.normal(size=(init.directions, 4)) for _ in init.features]
-    for name, value in zip(("h0", "c0"), learned, strict=False):
-        getattr(init, name).assign(value.astype("float32"))
-    got = spec_layout(init(inputs(3)), init)
-    ref = spec.reference_state(
-        "learnable",
-        cell,
-        hidden_size=4,
-        batch_size=3,
-        bidirectional=bidirectional,
-        learned=[v.astype("float32") for v in learned],
-    )
-    for a, r in zip(got, ref, strict=True):
-        np.testing.assert_array_equal(a, r)
-    names = sorted(w.name for w in init.trainable_weights)
-    assert names == sorted(["h0", "c0"][: len(init.features)])
-
-
-@pytest.mark.parametrize("strategy", ["uniform", "xavier"])
-def test_resampled_draws_have_the_spec_bound_and_statistics(strategy):
-    units, batch = 16, 4096
-    init = ri.InitialState(strategy, units=units, seed=0)
-    b = spec.uniform_bound(units) if strategy == "uniform" else spec.xavier_bound(units)
-    (h,) = init(inputs(batch))
-    h = np.asarray(h)
-    assert np.abs(h).max() <= b
-    assert np.abs(h).max() > 0.99 * b  # the whole range is used
-    assert abs(h.mean()) < 0.01 * b
-    assert h.std() == pytest.approx(spec.uniform_std(b), rel=0.03)
-    (h2,) = init(inputs(batch))
-    assert not np.allclose(h, h2)  # fresh per call
-    assert not np.allclose(h[0], h[1])  # and per batch row
-
-
-def test_uniform_bound_and_xavier_gain_options():
-    (h,) = ri.InitialState("uniform", units=8, bound=0.01, seed=1)(inputs(512))
-    assert 0.009 < np.abs(h).max() <= 0.01
-    (x,) = ri.InitialState("xavier", units=8, gain=2.0, seed=1)(inputs(512))
-    b = spec.xavier_bound(8, 2.0)
-    assert 0.99 * b < np.abs(x).max() <= b
-
-
 @pytest.mark.parametrize("batch", [1, 4096])
 def test_xavier_bound_does_not_depend_on_the_batch(batch):
     units = 32
