@@ -56,13 +56,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check reference_impl tests benchmarks notebooks tools
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
-# Test files (and notebooks) run in parallel, one worker per core, each file whole in
-# one worker: a notebook's cells share one kernel, in order.
+# Tests run in parallel, one worker per core. Unit tests are spread test by test, idle
+# workers taking work from busy ones (a few slow tests would otherwise decide the wall
+# time); a notebook stays whole in one worker: its cells share one kernel, in order.
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
 unit: $(STAMP)
 	# tests/ and the doctests of reference_impl (pyproject testpaths)
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist worksteal
 
 nbval: $(STAMP)
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval $(NOTEBOOKS) \
