@@ -153,6 +153,13 @@ class _TorchNoisy:
         self.bare = fw.cells[cell](2, features)
         self.module = fw.ri.NoisyCell(self.bare, noise_std=sigma, seed=seed)
 
+    def noise_std(self):
+        return float(self.module.noise_std)
+
+    def set_noise_std(self, value):
+        self.module.set_noise_std(value)
+        self.sigma = value
+
     def run(self, x, training):
         """Outputs ``(batch, time, features)`` and the standard-normal noise used."""
         torch, seen = self.fw.torch, []
@@ -320,6 +327,13 @@ class _KerasNoisy:
         self.bare = fw.cells[cell](features)
         noisy = fw.ri.NoisyCell(self.bare, noise_std=sigma, seed=seed)
         self.layer = fw.ri.InitialStateRNN(keras.layers.RNN(noisy, return_sequences=True), "zero")
+
+    def noise_std(self):
+        return float(self.layer.layer.cell.noise_std)
+
+    def set_noise_std(self, value):
+        self.layer.layer.cell.set_noise_std(value)
+        self.sigma = value
 
     def run(self, x, training):
         from reference_impl import tensorflow as module
@@ -529,6 +543,15 @@ class _LinenNoisy:
         self.variables = self.model.init(fw.jax.random.key(seed), x)
         self.params = self.variables["params"]["rnn"]["cell"]["cell"]
 
+    def noise_std(self):
+        return float(self.model.rnn.modules[0].cell.noise_std)
+
+    def set_noise_std(self, value):
+        """Linen's idiom: sigma is a module field, so a new value is a new module (same
+        variables: a fixed sigma is not one)."""
+        noisy = self.fw.ri.NoisyCell(self.bare, noise_std=value)
+        self.model, self.sigma = self.fw.ri.InitialStateRNN(noisy, "zero"), value
+
     def run(self, x, training):
         return _spy_flax(
             lambda: self.model.apply(
@@ -696,6 +719,13 @@ class _NNXNoisy:
         self.bare = fw.cells[cell](2, features, rngs=nnx.Rngs(0))
         noisy = fw.ri.NoisyCell(self.bare, noise_std=sigma, seed=seed)
         self.model = fw.ri.InitialStateRNN(noisy, "zero")
+
+    def noise_std(self):
+        return float(self.model.rnn.cell.noise_std)
+
+    def set_noise_std(self, value):
+        self.model.rnn.cell.set_noise_std(value)
+        self.sigma = value
 
     def run(self, x, training):
         self.model.set_attributes(deterministic=not training, raise_if_not_found=False)

@@ -192,12 +192,8 @@ def test_the_model_starts_from_its_own_state(framework, cell, layers, directions
     assert np.abs(out - model.run(X, state=zeros)).max() > 1e-4
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_noisy_cell_follows_the_spec_step(framework, cell):
-    """In training, NoisyCell over a sequence equals spec.noisy_cell_step fed the same
-    noise, step by step; in evaluation it is exactly the bare cell."""
-    sigma = 0.3
-    noisy = framework.noisy_cell(cell, F, sigma)
+def _follows_the_spec_step(noisy, cell, sigma):
+    """Training outputs equal spec.noisy_cell_step fed the same noise, step by step."""
     out, eps = noisy.run(X, training=True)
     assert eps.shape == (B, T, F * len(names(cell)))
     assert 0.5 < eps.std() < 1.5  # standard normal, scaled by sigma where it is used
@@ -207,11 +203,29 @@ def test_noisy_cell_follows_the_spec_step(framework, cell):
         noise = (e[:, :F], e[:, F:]) if cell == "lstm" else e
         step_out, state = spec.noisy_cell_step(noisy.step, X[:, t], state, sigma, noise=noise)
         np.testing.assert_allclose(out[:, t], step_out, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_noisy_cell_follows_the_spec_step(framework, cell):
+    """In training, NoisyCell over a sequence equals spec.noisy_cell_step fed the same
+    noise, step by step; in evaluation it is exactly the bare cell."""
+    noisy = framework.noisy_cell(cell, F, 0.3)
+    _follows_the_spec_step(noisy, cell, 0.3)
     evaluated, none = noisy.run(X, training=False)
     assert none is None  # evaluation draws nothing
     np.testing.assert_allclose(evaluated, noisy.bare_run(X), rtol=1e-6, atol=1e-6)
     again, _ = noisy.run(X, training=False)
     np.testing.assert_array_equal(evaluated, again)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_noisy_cell_uses_the_sigma_set_after_construction(framework, cell):
+    """set_noise_std (linen: a new module with the new field) is read back and is the
+    sigma the next training run scales its noise by."""
+    noisy = framework.noisy_cell(cell, F, 0.3)
+    noisy.set_noise_std(0.15)
+    assert noisy.noise_std() == pytest.approx(0.15, abs=1e-6)
+    _follows_the_spec_step(noisy, cell, 0.15)
 
 
 @pytest.mark.parametrize(
