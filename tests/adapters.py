@@ -537,20 +537,20 @@ class _LinenNoisy:
     def __init__(self, fw, cell, features, sigma, seed):
         self.fw, self.kind, self.sigma = fw, cell, sigma
         self.bare = fw.cells[cell](features)
-        noisy = fw.ri.NoisyCell(self.bare, noise_std=sigma)
-        self.model = fw.ri.InitialStateRNN(noisy, "zero")
+        self.noisy = fw.ri.NoisyCell(self.bare, noise_std=sigma)
+        self.model = fw.ri.InitialStateRNN(self.noisy, "zero")
         x = np.zeros((1, 2, 2), np.float32)
         self.variables = self.model.init(fw.jax.random.key(seed), x)
         self.params = self.variables["params"]["rnn"]["cell"]["cell"]
 
     def noise_std(self):
-        return float(self.model.rnn.modules[0].cell.noise_std)
+        return float(self.noisy.noise_std)
 
     def set_noise_std(self, value):
         """Linen's idiom: sigma is a module field, so a new value is a new module (same
         variables: a fixed sigma is not one)."""
-        noisy = self.fw.ri.NoisyCell(self.bare, noise_std=value)
-        self.model, self.sigma = self.fw.ri.InitialStateRNN(noisy, "zero"), value
+        self.noisy = self.fw.ri.NoisyCell(self.bare, noise_std=value)
+        self.model, self.sigma = self.fw.ri.InitialStateRNN(self.noisy, "zero"), value
 
     def run(self, x, training):
         return _spy_flax(

@@ -45,6 +45,10 @@ class CellInfo:
     def assemble(self, parts: Mapping[str, Array]) -> Carry:
         return (parts["c"], parts["h"]) if self.kind == "lstm" else parts["h"]
 
+    def split(self, carry: Carry) -> dict[str, Array]:
+        """The components of a carry by name: the inverse of :meth:`assemble`."""
+        return {"c": carry[0], "h": carry[1]} if self.kind == "lstm" else {"h": carry}
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
@@ -190,9 +194,7 @@ def split_noise(
     (index, count), f = block, info.features
     end = inputs.shape[-1] - count * noise_width(info)  # the bare inputs end here
     start = end + index * noise_width(info)
-    leaves = jax.tree.leaves(carry)  # (c, h) for an LSTM
-    parts = dict(zip(("c", "h") if info.kind == "lstm" else ("h",), leaves, strict=True))
-    noisy = {}
+    parts, noisy = info.split(carry), {}
     for i, name in enumerate(info.names):
         part = parts[name]
         noise = inputs[..., start + i * f : start + (i + 1) * f].astype(part.dtype)
@@ -296,7 +298,13 @@ def given_carries(
     return tuple(carry) if stack else (carry,)
 
 
-def finish(carries: list[Carry], x: Array, infos: Sequence[LayerInfo], stack: bool, return_carry):
+def finish(
+    carries: list[Carry],
+    x: Array,
+    infos: Sequence[LayerInfo],
+    stack: bool,
+    return_carry: bool | None,
+) -> Any:
     """The outputs, and the carry (a tuple for a stack) when asked; by default the
     wrapped layer's own ``return_carry``, ``False`` for a stack."""
     if return_carry is None:
