@@ -106,6 +106,8 @@ class _NoiseStd:
                 self.register_buffer("std_raw", raw)
 
     def _noise_rule(self) -> spec.NoiseStd:
+        if self._rule is None:
+            raise AttributeError(f"strategy {self.strategy!r} has no noise_std")
         return self._rule
 
     @property
@@ -172,9 +174,6 @@ class InitialState(_NoiseStd, nn.Module):
     def _names(self) -> tuple[str, ...]:
         return ("h0", "c0")[: len(self.features)]
 
-    def _noise_rule(self) -> spec.NoiseStd:
-        return self.plan.noise_rule()  # the spec's error for a strategy without noise
-
     def _base(self, name: str, features: int, batch: Any, dtype, device) -> Tensor:
         """One component before noise, from ``plan.source``."""
         shape = (self.rows, batch, features)
@@ -214,7 +213,7 @@ class InitialState(_NoiseStd, nn.Module):
         states = []
         for name, f in zip(self._names(), self.features, strict=True):
             state = self._base(name, f, batch, dtype, device)
-            if self.plan.noise is not None and self.training:
+            if self._rule is not None and self.training:
                 std = self.noise_std.to(device=device, dtype=dtype)
                 gen = self._generators.get(device)
                 state = state + std * _draw((self.rows, batch, f), dtype, device, gen)
