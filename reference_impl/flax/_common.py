@@ -61,70 +61,100 @@ class LayerInfo:
     noisy: bool = False  # the layer's cells are NoisyCells
 
 
-def cell_info(cell: object, kinds: Sequence[tuple[tuple[type, ...], str]], api: str) -> CellInfo:
-    """Kind, features and dtype of a Flax cell; a NoisyCell's are its wrapped cell's."""
-    if _is_noisy(cell):
-        return cell_info(cell.cell, kinds, api)
-    for types, kind in kinds:
-        if isinstance(cell, types):
-            features = getattr(cell, "hidden_features", None) or cell.features
-            return CellInfo(kind, spec.check_positive_int("features", features), cell.param_dtype)
-    raise TypeError(f"unsupported cell {type(cell).__name__}; expected a {api}")
+@dataclasses.dataclass(frozen=True)
+class Api:
+    """One Flax API's cell and layer types, and how its errors name them."""
 
+    lib: Any  # flax.linen or flax.nnx
+    name: str  # "linen" or "NNX"
+    prefix: str  # "nn" or "nnx": how the messages spell the API's classes
+    ri: str  # how the messages spell this package's module: "ri" or "ri_nnx"
 
-def resolve_cell(
-    cell: Any, features: int | None, param_dtype: Dtype, module_type: type, info: Callable
-) -> CellInfo:
-    """The :class:`CellInfo` from a cell kind name, or from a cell of ``module_type``
-    (``info`` reads it and names the supported cells when it cannot)."""
-    if isinstance(cell, module_type):
-        found = info(cell)
-        if features is not None and features != found.features:
-            raise ValueError(f"features={features!r} but the cell has {found.features} features")
-        return found
-    if not isinstance(cell, str):
-        try:
-            info(cell)
-        except TypeError as error:
-            raise TypeError(f"cell must be one of {spec.CELLS}, or else: {error}") from None
-    if features is None:
-        raise ValueError(f"cell={cell!r} needs features=<the hidden size>")
-    return CellInfo(
-        spec.check_cell(cell), spec.check_positive_int("features", features), param_dtype
-    )
+    @property
+    def supported(self) -> str:
+        cells = ("GRUCell", "LSTMCell", "OptimizedLSTMCell", "SimpleCell")
+        return ", ".join(f"{self.prefix}.{c}" for c in cells) + f" or {self.ri}.NoisyCell"
 
-
-def layer_info(layer: Any, rnn_type: type, bidi_type: type, info: Callable) -> LayerInfo:
-    """The :class:`LayerInfo` of an ``RNN`` or a ``Bidirectional`` of two."""
-    if isinstance(layer, rnn_type):
-        cell = layer.cell
-        return LayerInfo(info(cell), 1, layer.time_major, layer.return_carry, _is_noisy(cell))
-    names = f"{bidi_type.__module__.split('.')[1]}.{bidi_type.__name__}"
-    for direction in (layer.forward_rnn, layer.backward_rnn):
-        if not isinstance(direction, rnn_type):
-            raise TypeError(
-                f"InitialStateRNN wraps an {names} of two RNN layers; got "
-                f"{type(direction).__name__}"
-            )
-    forward, backward = info(layer.forward_rnn.cell), info(layer.backward_rnn.cell)
-    if (forward.kind, forward.features) != (backward.kind, backward.features):
-        raise ValueError(
-            f"the two directions of {names} must have the same cell kind and features; got "
-            f"{forward.kind}/{forward.features} and {backward.kind}/{backward.features}"
+    def cell_info(self, cell: object) -> CellInfo:
+        """Kind, features and dtype of a cell; a NoisyCell's are its wrapped cell's."""
+        if _is_noisy(cell):
+            return self.cell_info(cell.cell)
+        lib = self.lib
+        kinds = {"lstm": (lib.LSTMCell, lib.OptimizedLSTMCell), "gru": lib.GRUCell}
+        for kind, types in {**kinds, "rnn": lib.SimpleCell}.items():
+            if isinstance(cell, types):
+                features = getattr(cell, "hidden_features", None) or cell.features
+                features = spec.check_positive_int("features", features)
+                return CellInfo(kind, features, cell.param_dtype)
+        raise TypeError(
+            f"unsupported cell {type(cell).__name__}; expected a Flax {self.name} {self.supported}"
         )
-    noisy = _is_noisy(layer.forward_rnn.cell) or _is_noisy(layer.backward_rnn.cell)
-    return LayerInfo(forward, 2, layer.time_major, layer.return_carry, noisy)
+
+    def directions(self, layer: Any) -> tuple[Any, ...]:
+        """The ``RNN`` of each direction of a layer."""
+        if isinstance(layer, self.lib.Bidirectional):
+            return layer.forward_rnn, layer.backward_rnn
+        return (layer,)
+
+    def layers(self, rnn: Any, wrap: Callable) -> tuple[tuple, tuple[LayerInfo, ...], bool]:
+        """``(layers, infos, stack)`` of what InitialStateRNN wraps: a cell (``wrap``
+        makes it an ``RNN``), an ``RNN``, a ``Bidirectional``, or a list of those."""
+        stack = isinstance(rnn, (list, tuple))
+        layers, infos = [], []
+        for item in rnn if stack else [rnn]:
+            item = wrap(item) if isinstance(item, self.lib.RNNCellBase) else item
+            if not isinstance(item, (self.lib.RNN, self.lib.Bidirectional)):
+                raise TypeError(
+                    f"InitialStateRNN wraps a Flax {self.name} cell ({self.supported}), an "
+                    f"{self.prefix}.RNN or {self.prefix}.Bidirectional of one, or a list of "
+                    f"those; got {type(item).__name__}"
+                )
+            layers.append(item)
+            infos.append(self._layer_info(item))
+        if not infos:
+            raise ValueError("InitialStateRNN needs at least one layer; got an empty list")
+        if len({info.time_major for info in infos}) > 1:
+            raise ValueError("all layers of a stack must have the same time_major")
+        return tuple(layers), tuple(infos), stack
+
+    def _layer_info(self, layer: Any) -> LayerInfo:
+        rnns = self.directions(layer)
+        names = f"{self.lib.__name__.split('.')[1]}.Bidirectional"
+        if any(not isinstance(rnn, self.lib.RNN) for rnn in rnns):
+            got = next(type(r).__name__ for r in rnns if not isinstance(r, self.lib.RNN))
+            raise TypeError(f"InitialStateRNN wraps an {names} of two RNN layers; got {got}")
+        found = [self.cell_info(rnn.cell) for rnn in rnns]
+        if len({(f.kind, f.features) for f in found}) > 1:
+            a, b = found
+            raise ValueError(
+                f"the two directions of {names} must have the same cell kind and features; got "
+                f"{a.kind}/{a.features} and {b.kind}/{b.features}"
+            )
+        noisy = any(_is_noisy(rnn.cell) for rnn in rnns)
+        return LayerInfo(found[0], len(rnns), layer.time_major, layer.return_carry, noisy)
+
+    def resolve_cell(self, cell: Any, features: int | None, param_dtype: Dtype) -> CellInfo:
+        """The :class:`CellInfo` from a cell kind name (with ``features``) or a cell."""
+        if isinstance(cell, self.lib.Module):
+            found = self.cell_info(cell)
+            if features is not None and features != found.features:
+                raise ValueError(
+                    f"features={features!r} but the cell has {found.features} features"
+                )
+            return found
+        if not isinstance(cell, str):
+            try:
+                self.cell_info(cell)
+            except TypeError as error:
+                raise TypeError(f"cell must be one of {spec.CELLS}, or else: {error}") from None
+        if features is None:
+            raise ValueError(f"cell={cell!r} needs features=<the hidden size>")
+        features = spec.check_positive_int("features", features)
+        return CellInfo(spec.check_cell(cell), features, param_dtype)
 
 
 def _is_noisy(cell: object) -> bool:
     return hasattr(cell, "noise_std") and hasattr(cell, "cell")
-
-
-def check_stack(infos: Sequence[LayerInfo]) -> None:
-    if not infos:
-        raise ValueError("InitialStateRNN needs at least one layer; got an empty list")
-    if len({info.time_major for info in infos}) > 1:
-        raise ValueError("all layers of a stack must have the same time_major")
 
 
 def make_plan(strategy: Any, options: Mapping[str, Any]) -> spec.Strategy:

@@ -58,16 +58,8 @@ INITIAL_STATE_RNG = C.INITIAL_STATE_RNG
 NOISE_RNG = C.NOISE_RNG
 """Rng stream of the ``noisy`` strategy and of :class:`NoisyCell`."""
 
-_KINDS = (
-    ((nn.LSTMCell, nn.OptimizedLSTMCell), "lstm"),
-    ((nn.GRUCell,), "gru"),
-    ((nn.SimpleCell,), "rnn"),
-)
-_SUPPORTED = "nn.GRUCell, nn.LSTMCell, nn.OptimizedLSTMCell, nn.SimpleCell or ri.NoisyCell"
-
-
-def _cell_info(cell: object) -> C.CellInfo:
-    return C.cell_info(cell, _KINDS, f"Flax linen {_SUPPORTED}")
+_API = C.Api(nn, "linen", "nn", "ri")
+_cell_info = _API.cell_info
 
 
 def _reject_seed(seed: int | None, where: str) -> None:
@@ -169,7 +161,7 @@ class InitialState(_InitialStateFields):
         module_args, strategy, resolved = _constructor_options(
             strategy, options, "reference_impl.flax.linen.InitialState"
         )
-        info = C.resolve_cell(cell, features, param_dtype, nn.Module, _cell_info)
+        info = _API.resolve_cell(cell, features, param_dtype)
         super().__init__(
             strategy=strategy,
             cell=info.kind,
@@ -306,40 +298,19 @@ def _detach(module: nn.Module) -> nn.Module:
     return module.clone(parent=None, _deep_clone=True)
 
 
-def _directions(layer: nn.Module) -> tuple[nn.RNN, ...]:
-    if isinstance(layer, nn.Bidirectional):
-        return layer.forward_rnn, layer.backward_rnn
-    return (layer,)
-
-
 def _rebuild(layer: nn.Module, change: Any) -> nn.Module:
     """``layer`` with ``change(rnn, direction)`` applied to each of its ``nn.RNN``."""
     if isinstance(layer, nn.Bidirectional):
-        forward, backward = (change(r, d) for d, r in enumerate(_directions(layer)))
+        forward, backward = (change(r, d) for d, r in enumerate(_API.directions(layer)))
         return layer.clone(parent=None, forward_rnn=forward, backward_rnn=backward)
     return change(layer, 0)
-
-
-def _normalize_layer(item: object) -> tuple[nn.Module, C.LayerInfo]:
-    if isinstance(item, nn.RNNCellBase):
-        item = nn.RNN(item, parent=None)
-    if not isinstance(item, (nn.RNN, nn.Bidirectional)):
-        raise TypeError(
-            f"InitialStateRNN wraps a Flax linen cell ({_SUPPORTED}), an nn.RNN or "
-            f"nn.Bidirectional of one, or a list of those; got {type(item).__name__}"
-        )
-    info = C.layer_info(item, nn.RNN, nn.Bidirectional, _cell_info)
-    return _detach(item), info
 
 
 def _normalize(rnn: object) -> _Layers:
     if isinstance(rnn, _Layers):
         return rnn
-    stack = isinstance(rnn, (list, tuple))
-    items = list(rnn) if stack else [rnn]
-    pairs = [_normalize_layer(item) for item in items]
-    C.check_stack([info for _, info in pairs])
-    return _Layers(tuple(m for m, _ in pairs), tuple(i for _, i in pairs), stack)
+    layers, infos, stack = _API.layers(rnn, lambda cell: nn.RNN(cell, parent=None))
+    return _Layers(tuple(_detach(layer) for layer in layers), infos, stack)
 
 
 class _InitialStateRNNFields(nn.Module):
@@ -449,7 +420,7 @@ class InitialStateRNN(_InitialStateRNNFields):
         ``deterministic`` and its stream split per step; in training, when every
         direction's cell is a NoisyCell that draws, the noise of all steps is drawn
         here, appended to the inputs, and each cell takes its block."""
-        cells = [rnn.cell for rnn in _directions(layer)]
+        cells = [rnn.cell for rnn in _API.directions(layer)]
         noisy = info.noisy and all(isinstance(c, NoisyCell) for c in cells)
         if noisy:
             modes = {c.deterministic if deterministic is None else deterministic for c in cells}

@@ -61,16 +61,8 @@ class Buffer(nnx.Variable):
     """
 
 
-_KINDS = (
-    ((nnx.LSTMCell, nnx.OptimizedLSTMCell), "lstm"),
-    ((nnx.GRUCell,), "gru"),
-    ((nnx.SimpleCell,), "rnn"),
-)
-_SUPPORTED = "nnx.GRUCell, nnx.LSTMCell, nnx.OptimizedLSTMCell, nnx.SimpleCell or ri_nnx.NoisyCell"
-
-
-def _cell_info(cell: object) -> C.CellInfo:
-    return C.cell_info(cell, _KINDS, f"Flax NNX {_SUPPORTED}")
+_API = C.Api(nnx, "NNX", "nnx", "ri_nnx")
+_cell_info = _API.cell_info
 
 
 def _seeded(rngs: RngsLike, seed: int | None) -> RngsLike:
@@ -182,7 +174,7 @@ class InitialState(_Sigma, nnx.Module):
     ) -> None:
         plan = C.make_plan(strategy, options)
         rngs = _seeded(rngs, plan.seed)
-        info = C.resolve_cell(cell, features, param_dtype, nnx.Module, _cell_info)
+        info = _API.resolve_cell(cell, features, param_dtype)
         self.strategy = plan.name
         self.cell, self.features, self.param_dtype = info.kind, info.features, info.param_dtype
         self.bidirectional = spec.check_bool("bidirectional", bidirectional)
@@ -316,21 +308,9 @@ class NoisyCell(_Sigma, nnx.RNNCellBase):
         return self.cell.num_feature_axes
 
 
-def _normalize_layer(item: object) -> tuple[nnx.Module, C.LayerInfo]:
-    if isinstance(item, nnx.RNNCellBase):
-        item = nnx.RNN(item)
-    if not isinstance(item, (nnx.RNN, nnx.Bidirectional)):
-        raise TypeError(
-            f"InitialStateRNN wraps a Flax NNX cell ({_SUPPORTED}), an nnx.RNN or "
-            f"nnx.Bidirectional of one, or a list of those; got {type(item).__name__}"
-        )
-    return item, C.layer_info(item, nnx.RNN, nnx.Bidirectional, _cell_info)
-
-
 def _noisy_cells(layer: nnx.Module, info: C.LayerInfo) -> list[NoisyCell]:
     """The layer's NoisyCells, one per direction, if all draw noise in this call."""
-    rnns = (layer.forward_rnn, layer.backward_rnn) if info.directions == 2 else (layer,)
-    cells = [rnn.cell for rnn in rnns]
+    cells = [rnn.cell for rnn in _API.directions(layer)]
     if info.noisy and all(isinstance(c, NoisyCell) for c in cells):
         if all(not c.deterministic and c._rule().draws for c in cells):
             return cells
@@ -370,9 +350,7 @@ class InitialStateRNN(nnx.Module):
         resolved = plan.options()
         # One generator for every layer, so layers do not share draws.
         rngs = _seeded(rngs, resolved.pop("seed", None))
-        stack = isinstance(rnn, (list, tuple))
-        layers, infos = zip(*(_normalize_layer(i) for i in (rnn if stack else [rnn])), strict=True)
-        C.check_stack(infos)
+        layers, infos, stack = _API.layers(rnn, nnx.RNN)
         states = [
             InitialState(
                 plan.name,
