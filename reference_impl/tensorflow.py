@@ -1,25 +1,8 @@
-"""Initial states for Keras 3 recurrent layers, on the TensorFlow backend.
+"""Initial states for Keras 3 recurrent layers: ``from reference_impl import tensorflow as ri``.
 
-Use it as ``from reference_impl import tensorflow as ri``::
-
-    >>> import numpy as np
-    >>> import keras
-    >>> from reference_impl import tensorflow as ri
-    >>> gru = keras.layers.GRU(32, return_sequences=True)
-    >>> layer = ri.InitialStateRNN(gru, strategy="learnable")
-    >>> y = layer(np.zeros((16, 20, 10), "float32"))
-    >>> tuple(y.shape)
-    (16, 20, 32)
-    >>> [(w.name, tuple(w.shape)) for w in layer.initial_state.trainable_weights]
-    [('h0', (1, 32))]
-
-The strategy is the plan :func:`reference_impl.spec.make` builds; the layers here
-execute it with ``keras.ops`` and ``keras.random`` only, so they run on every Keras
-backend (TensorFlow and JAX are tested). The state is the ``initial_state=`` list of a
-Keras recurrent layer, forward states then backward ones; the vectors ``h0``/``c0``
-are ``(directions, units)`` in PyTorch's row order. What follows Keras's idiom (one
-layer per wrapper, ``training``, seeds, cuDNN, per-step noise) is in the table of the
-API page.
+The layers execute the plan of :func:`reference_impl.spec.make` with ``keras.ops`` and
+``keras.random`` only, so they run on every Keras backend (TensorFlow and JAX are
+tested); the API page's table says what follows Keras's idiom.
 """
 
 from __future__ import annotations
@@ -65,11 +48,13 @@ def _split_layer_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return layer, {k: v for k, v in kwargs.items() if k not in _LAYER_KWARGS}
 
 
+_KINDS = {"lstm": keras.layers.LSTMCell, "gru": keras.layers.GRUCell}
+_KINDS["rnn"] = keras.layers.SimpleRNNCell
+
+
 def _cell_kind(cell: object) -> str | None:
     """``"gru"``, ``"lstm"`` or ``"rnn"`` for a built-in Keras cell, else ``None``."""
-    kinds = {"lstm": keras.layers.LSTMCell, "gru": keras.layers.GRUCell}
-    kinds["rnn"] = keras.layers.SimpleRNNCell
-    return next((kind for kind, cls in kinds.items() if isinstance(cell, cls)), None)
+    return next((kind for kind, cls in _KINDS.items() if isinstance(cell, cls)), None)
 
 
 def _component_seed(seed: int | None, index: int) -> int | None:
@@ -121,13 +106,9 @@ class InitialState(_Sigma, keras.layers.Layer):
     """Produces the initial state of a Keras recurrent layer with one strategy.
 
     Called on the layer's input (batch first, maybe unknown until the model runs), it
-    returns the ``initial_state=`` list, each ``(batch, units)`` in the compute dtype.
-    ``strategy`` is a name with its options as keywords, or a
-    :class:`reference_impl.spec.Strategy`; ``cell`` is ``"gru"``, ``"lstm"`` or
-    ``"rnn"``; ``bidirectional=True`` gives one state per direction.
+    returns the ``initial_state=`` list, each ``(batch, units)`` in the compute dtype;
+    ``bidirectional=True`` gives one state per direction.
 
-    >>> import numpy as np
-    >>> import keras
     >>> inputs = keras.Input((20, 10))
     >>> h, c = InitialState("learnable", units=32, cell="lstm")(inputs)
     >>> y = keras.layers.LSTM(32)(inputs, initial_state=[h, c])
@@ -314,8 +295,6 @@ class InitialStateRNN(keras.layers.Wrapper):
     a built-in cell or a :class:`NoisyCell`, or a ``Bidirectional`` of one, not
     stateful. The noise of a wrapped NoisyCell is drawn here, for all steps at once.
 
-    >>> import numpy as np
-    >>> import keras
     >>> model = keras.Sequential([
     ...     keras.Input((20, 10)),
     ...     InitialStateRNN(keras.layers.LSTM(32, return_sequences=True), "learnable"),
@@ -431,8 +410,6 @@ class NoisyCell(_Sigma, keras.layers.Layer, _DropoutMixin):
     before the wrapped cell reads it; otherwise the step is the wrapped cell's. The
     cell's dropout still works.
 
-    >>> import numpy as np
-    >>> import keras
     >>> cell = NoisyCell(keras.layers.GRUCell(32), noise_std=0.1)
     >>> rnn = InitialStateRNN(keras.layers.RNN(cell), strategy="zero")
     >>> x = np.ones((4, 20, 10), "float32")

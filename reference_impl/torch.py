@@ -1,20 +1,7 @@
-"""Initial states for PyTorch recurrent layers.
+"""Initial states for PyTorch recurrent layers: ``from reference_impl import torch as ri``.
 
-Use it as ``from reference_impl import torch as ri``::
-
-    >>> import torch
-    >>> from torch import nn
-    >>> from reference_impl import torch as ri
-    >>> model = ri.InitialStateRNN(nn.GRU(10, 32, num_layers=2, batch_first=True))
-    >>> out, h_n = model(torch.randn(16, 20, 10))
-    >>> out.shape, h_n.shape
-    (torch.Size([16, 20, 32]), torch.Size([2, 16, 32]))
-    >>> [tuple(p.shape) for p in model.initial_state.parameters()]
-    [(2, 32)]
-
-The strategy is the plan :func:`reference_impl.spec.make` builds; this module executes
-it with torch tensors, on the input's dtype and device. What follows PyTorch's idiom
-(layout, generators, export) is in the table of the API page.
+This module executes the plan of :func:`reference_impl.spec.make` with torch tensors, on
+the input's dtype and device; the API page's table says what follows PyTorch's idiom.
 """
 
 from __future__ import annotations
@@ -128,9 +115,7 @@ class InitialState(_NoiseStd, nn.Module):
     ``init(batch_size, like=x)`` returns the ``h0`` of ``nn.GRU``/``nn.RNN``,
     ``(num_layers * num_directions, batch, hidden_size)``, or the ``(h0, c0)`` of
     ``nn.LSTM`` (``h0`` with ``proj_size`` features if set), on ``like``'s dtype and
-    device. ``strategy`` is a name with its options as keywords, or a
-    :class:`reference_impl.spec.Strategy`. Vectors are ``h0``/``c0``, ``(rows,
-    features)``: parameters, or buffers for ``resample=False``; sigma is ``std_raw``.
+    device.
 
     >>> init = InitialState("xavier", hidden_size=64, cell="lstm", seed=0)
     >>> h0, c0 = init(batch_size=8)
@@ -252,10 +237,10 @@ class InitialStateRNN(nn.Module):
     sequence (cuDNN on GPU), with ``batch_first``, bidirectional and stacked layers,
     ``proj_size``, unbatched input and ``PackedSequence``.
 
-    >>> model = InitialStateRNN(nn.LSTM(10, 32), strategy="noisy", noise_std=0.1)
-    >>> out, (h, c) = model.eval()(torch.randn(20, 16, 10))
-    >>> out.shape, h.shape, c.shape
-    (torch.Size([20, 16, 32]), torch.Size([1, 16, 32]), torch.Size([1, 16, 32]))
+    >>> model = InitialStateRNN(nn.GRU(10, 32, num_layers=2, batch_first=True))
+    >>> out, h_n = model(torch.randn(16, 20, 10))
+    >>> out.shape, h_n.shape, model.initial_state.h0.shape
+    (torch.Size([16, 20, 32]), torch.Size([2, 16, 32]), torch.Size([2, 32]))
     """
 
     def __init__(

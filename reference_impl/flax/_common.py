@@ -157,6 +157,13 @@ def _is_noisy(cell: object) -> bool:
     return hasattr(cell, "noise_std") and hasattr(cell, "cell")
 
 
+def state_args(info: LayerInfo) -> dict[str, Any]:
+    """The keywords of the InitialState of one wrapped layer."""
+    cell = info.cell
+    args = {"cell": cell.kind, "features": cell.features, "param_dtype": cell.param_dtype}
+    return {**args, "bidirectional": info.directions == 2}
+
+
 def make_plan(strategy: Any, options: Mapping[str, Any]) -> spec.Strategy:
     """The strategy's plan; an option given as ``None`` means its default."""
     return spec.make(strategy, **{k: v for k, v in dict(options).items() if v is not None})

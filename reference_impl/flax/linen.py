@@ -1,24 +1,8 @@
-"""Initial states for Flax linen recurrent layers.
+"""Initial states for Flax linen: ``from reference_impl.flax import linen as ri``.
 
-Use it as ``from reference_impl.flax import linen as ri``::
-
-    >>> import jax, jax.numpy as jnp
-    >>> import flax.linen as nn
-    >>> from reference_impl.flax import linen as ri
-    >>> model = ri.InitialStateRNN(nn.GRUCell(features=8), strategy="learnable")
-    >>> x = jnp.ones((4, 5, 3))  # (batch, time, features)
-    >>> variables = model.init(jax.random.key(0), x)
-    >>> model.apply(variables, x).shape
-    (4, 5, 8)
-    >>> variables["params"]["initial_state"]["h"].shape  # (directions, features)
-    (1, 8)
-
-The strategy is the plan :func:`reference_impl.spec.make` builds; this module and
-:mod:`reference_impl.flax.nnx` execute it with JAX arrays through one shared module.
-:class:`InitialState` holds ``"h"`` (and ``"c"``), ``(directions, features)``, in
-``"params"`` when learnable and in :data:`BUFFERS` for ``resample=False``; draws come
-from rng streams, never a ``seed``; ``deterministic`` turns noise off. The table of
-the API page sets these idioms beside the other frameworks'.
+This module and :mod:`reference_impl.flax.nnx` execute the plan of
+:func:`reference_impl.spec.make` with JAX arrays through one shared module; the API
+page's table says what follows linen's idiom (variables, rng streams, ``deterministic``).
 """
 
 from __future__ import annotations
@@ -221,8 +205,7 @@ class NoisyCell(nn.RNNCellBase):
     drawn before the scan from the ``"noise"`` stream; in a bare ``nn.RNN`` the cell
     draws every step, so the stream must be split per step (``split_rngs``, below).
 
-    >>> import jax, jax.numpy as jnp
-    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
     >>> cell = NoisyCell(nn.GRUCell(features=8), noise_std=0.1, deterministic=False)
     >>> rnn = nn.RNN(cell, split_rngs={"params": False, "noise": True})
     >>> x = jnp.ones((2, 5, 3))
@@ -331,8 +314,7 @@ class InitialStateRNN(_InitialStateRNNFields):
     stack's carry has one carry per layer). ``initial_carry`` wins over the strategy;
     ``deterministic`` applies to the noisy strategy and to every NoisyCell inside.
 
-    >>> import jax, jax.numpy as jnp
-    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
     >>> model = InitialStateRNN(nn.LSTMCell(features=8), strategy="learnable")
     >>> x = jnp.ones((4, 5, 3))
     >>> variables = model.init(jax.random.key(0), x)
@@ -385,7 +367,8 @@ class InitialStateRNN(_InitialStateRNNFields):
         carries = []
         for i, (layer, info) in enumerate(zip(layers.modules, layers.infos, strict=True)):
             suffix = f"_{i}" if layers.stack else ""
-            state = self._layer_state(info, deterministic, "initial_state" + suffix)
+            args = {"deterministic": deterministic, "options": self.options, **C.state_args(info)}
+            state = InitialState(self.strategy, name="initial_state" + suffix, **args)
             # At init the state's variables are created even when a carry is given,
             # so a later call without one finds them.
             carry = state(batch_shape) if given is None or self.is_initializing() else None
@@ -395,22 +378,6 @@ class InitialStateRNN(_InitialStateRNNFields):
             carry, x = module(x_in, initial_carry=carry, seq_lengths=seq_lengths, return_carry=True)
             carries.append(carry)
         return C.finish(carries, x, layers.infos, layers.stack, return_carry)
-
-    @nn.nowrap
-    def _layer_state(
-        self, info: C.LayerInfo, deterministic: bool | None, name: str
-    ) -> InitialState:
-        """The InitialState submodule of one layer (created in ``__call__``'s scope)."""
-        return InitialState(
-            self.strategy,
-            cell=info.cell.kind,
-            features=info.cell.features,
-            bidirectional=info.directions == 2,
-            param_dtype=info.cell.param_dtype,
-            deterministic=deterministic,
-            options=self.options,
-            name=name,
-        )
 
     @nn.nowrap
     def _prepare(

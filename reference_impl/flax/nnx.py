@@ -1,23 +1,8 @@
-"""Initial states for Flax NNX recurrent layers.
-
-Use it as ``from reference_impl.flax import nnx as ri_nnx``::
-
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from reference_impl.flax import nnx as ri_nnx
-    >>> cell = nnx.GRUCell(3, 8, rngs=nnx.Rngs(0))
-    >>> model = ri_nnx.InitialStateRNN(cell, strategy="learnable")
-    >>> model(jnp.ones((4, 5, 3))).shape  # (batch, time, features)
-    (4, 5, 8)
-    >>> model.initial_state.h.shape  # an nnx.Param, (directions, features)
-    (1, 8)
+"""Initial states for Flax NNX: ``from reference_impl.flax import nnx as ri_nnx``.
 
 The same names, options and state layout as :mod:`reference_impl.flax.linen`, executed
-by the same shared module, the NNX way: ``h`` (and ``c``) are an ``nnx.Param`` when
-learnable and a :class:`Buffer` for ``resample=False``; ``seed=s`` means
-``rngs=nnx.Rngs(s)``; ``deterministic`` (default ``False``) is set by ``model.eval()``
-and ``model.train()``. The table of the API page sets these idioms beside the other
-frameworks'.
+by the same shared module; the API page's table says what follows NNX's idiom
+(``nnx.Param`` and :class:`Buffer`, ``rngs`` and ``seed``, ``train()``/``eval()``).
 """
 
 from __future__ import annotations
@@ -351,18 +336,7 @@ class InitialStateRNN(nnx.Module):
         # One generator for every layer, so layers do not share draws.
         rngs = _seeded(rngs, resolved.pop("seed", None))
         layers, infos, stack = _API.layers(rnn, nnx.RNN)
-        states = [
-            InitialState(
-                plan.name,
-                cell=info.cell.kind,
-                features=info.cell.features,
-                bidirectional=info.directions == 2,
-                param_dtype=info.cell.param_dtype,
-                rngs=rngs,
-                **resolved,
-            )
-            for info in infos
-        ]
+        states = [InitialState(plan.name, rngs=rngs, **C.state_args(i), **resolved) for i in infos]
         self.strategy, self.stack, self.infos = plan.name, stack, tuple(infos)
         self.rnn = nnx.List(layers) if stack else layers[0]
         self.initial_state = nnx.List(states) if stack else states[0]
