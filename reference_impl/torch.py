@@ -1,7 +1,8 @@
 """Initial states for PyTorch recurrent layers: ``from reference_impl import torch as ri``.
 
-This module executes the plan of :func:`reference_impl.spec.make` with torch tensors, on
-the input's dtype and device; the API page's table says what follows PyTorch's idiom.
+This module executes the plan of :func:`reference_impl.spec.make` with torch tensors,
+on the input's dtype and device; :ref:`the API page's table <framework-idioms>` says
+what follows PyTorch's idiom.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Initial states for Flax linen: ``from reference_impl.flax import linen as ri``.
 
 This module and :mod:`reference_impl.flax.nnx` execute the plan of
-:func:`reference_impl.spec.make` with JAX arrays through one shared module; the API
-page's table says what follows linen's idiom (variables, rng streams, ``deterministic``).
+:func:`reference_impl.spec.make` with JAX arrays through one shared module;
+:ref:`the API page's table <framework-idioms>` says what follows linen's idiom
+(variables, rng streams, ``deterministic``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Initial states for Flax NNX: ``from reference_impl.flax import nnx as ri_nnx``.
 
 The same names, options and state layout as :mod:`reference_impl.flax.linen`, executed
-by the same shared module; the API page's table says what follows NNX's idiom
-(``nnx.Param`` and :class:`Buffer`, ``rngs`` and ``seed``, ``train()``/``eval()``).
+by the same shared module; :ref:`the API page's table <framework-idioms>` says what
+follows NNX's idiom (``nnx.Param`` and :class:`Buffer`, ``rngs`` and ``seed``,
+``train()``/``eval()``).
 """
 
 from __future__ import annotations
