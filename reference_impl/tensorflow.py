@@ -118,7 +118,7 @@ class InitialState(_Sigma, keras.layers.Layer):
 
     def __init__(
         self,
-        strategy: str | spec.Strategy,
+        strategy: str | spec.Strategy = "zero",
         *,
         units: int,
         cell: str = "gru",

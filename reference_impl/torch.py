@@ -126,7 +126,7 @@ class InitialState(_NoiseStd, nn.Module):
 
     def __init__(
         self,
-        strategy: str | spec.Strategy,
+        strategy: str | spec.Strategy = "zero",
         *,
         hidden_size: int,
         num_layers: int = 1,

@@ -9,6 +9,8 @@ mixed precision, export) stays in that framework's own test file.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,14 @@ F, B, T = 3, 3, 4  # features, batch, time steps
 X = np.random.default_rng(0).normal(size=(B, T, 2)).astype(np.float32)
 CELLS = ("gru", "lstm", "rnn")
 BOUNDS = {"uniform": spec.uniform_bound, "xavier": spec.xavier_bound}
+
+
+# The keywords the four modules share, with their defaults.
+SIGNATURES = {
+    "InitialState": {"strategy": "zero", "cell": "gru", "bidirectional": False},
+    "InitialStateRNN": {"strategy": "learnable"},
+    "NoisyCell": {"noise_std": 0.1, "learnable_std": False, "min_std": 0.0, "seed": None},
+}
 
 
 def names(cell):
@@ -260,3 +270,15 @@ def test_a_given_state_of_the_wrong_shape_is_refused_alike(framework, cell, wron
     shape = (1, B + 1, F) if wrong == "batch" else (1, B, F + 1)
     with pytest.raises(ValueError, match=r"initial state [hc]0? has shape \(.*\); expected \("):
         model.run(X, state=[{n: np.zeros(shape) for n in names(cell)}])
+
+
+@pytest.mark.parametrize("name", SIGNATURES)
+def test_the_same_keywords_and_defaults(framework, name):
+    params = inspect.signature(getattr(framework.ri, name).__init__).parameters
+    got = {key: params[key].default for key in SIGNATURES[name] if key in params}
+    assert got == SIGNATURES[name]
+
+
+def test_the_same_section_order(framework):
+    lines = [inspect.getsourcelines(getattr(framework.ri, name))[1] for name in SIGNATURES]
+    assert lines == sorted(lines)  # InitialState, InitialStateRNN, NoisyCell

@@ -197,72 +197,6 @@ class InitialState(_InitialStateFields):
         return self.variable(BUFFERS, name, draw).value
 
 
-class NoisyCell(nn.RNNCellBase):
-    """Per-step state noise around a Flax linen cell, for use inside ``nn.RNN``.
-
-    With ``deterministic=False`` every step adds ``N(0, noise_std^2)`` noise to each
-    carry component before the wrapped cell (under ``"cell"``) reads it; with ``True``
-    it is the wrapped cell. Inside :class:`InitialStateRNN` the noise of all steps is
-    drawn before the scan from the ``"noise"`` stream; in a bare ``nn.RNN`` the cell
-    draws every step, so the stream must be split per step (``split_rngs``, below).
-
-    >>> import jax, jax.numpy as jnp, flax.linen as nn
-    >>> cell = NoisyCell(nn.GRUCell(features=8), noise_std=0.1, deterministic=False)
-    >>> rnn = nn.RNN(cell, split_rngs={"params": False, "noise": True})
-    >>> x = jnp.ones((2, 5, 3))
-    >>> variables = rnn.init(jax.random.key(0), x)
-    >>> y1 = rnn.apply(variables, x, rngs={"noise": jax.random.key(1)})
-    >>> y2 = rnn.apply(variables, x, rngs={"noise": jax.random.key(2)})
-    >>> y1.shape, bool((y1 != y2).any())
-    ((2, 5, 8), True)
-    """
-
-    cell: nn.RNNCellBase
-    noise_std: float = 0.1
-    learnable_std: bool = False
-    min_std: float = 0.0
-    deterministic: bool | None = None
-    rng_collection: str = NOISE_RNG
-    seed: int | None = None
-    noise_block: tuple[int, int] | None = None  # set by InitialStateRNN: pre-drawn noise
-
-    def __post_init__(self) -> None:
-        _cell_info(self.cell)  # a TypeError for an unsupported cell, at construction
-        self._rule()
-        _reject_seed(self.seed, "reference_impl.flax.linen.NoisyCell")
-        super().__post_init__()
-
-    @nn.nowrap
-    def _rule(self) -> spec.NoiseStd:
-        return spec.NoiseStd(self.noise_std, self.learnable_std, self.min_std)
-
-    @nn.compact
-    def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
-        """One step: ``cell(carry + noise, inputs)`` in training, ``cell(carry, inputs)``."""
-        rule = self._rule()
-        std = _noise_std(self, rule)
-        if self.noise_block is not None:  # training, with the noise drawn before the scan
-            info = _cell_info(self.cell)
-            carry, inputs = C.split_noise(carry, inputs, self.noise_block, info, std)
-        elif rule.draws and not _deterministic(self, None, "NoisyCell"):
-            hint = (
-                f", and inside nn.RNN split it per step: nn.RNN(cell, split_rngs="
-                f"{{'params': False, '{self.rng_collection}': True}})"
-            )
-            what = "NoisyCell with deterministic=False"
-            carry = C.add_noise(carry, _rng_key(self, self.rng_collection, what, hint), std)
-        return self.cell(carry, inputs)
-
-    @nn.nowrap
-    def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
-        """The wrapped cell's own (zero) carry."""
-        return self.cell.initialize_carry(rng, input_shape)
-
-    @property
-    def num_feature_axes(self) -> int:
-        return self.cell.num_feature_axes
-
-
 class _Layers:
     """The wrapped layers, hidden from linen (which adopts every module in a field):
     InitialStateRNN builds its submodules from these templates at call time."""
@@ -407,3 +341,69 @@ class InitialStateRNN(_InitialStateRNNFields):
             return rnn.clone(parent=None, cell=cell.clone(parent=None, **fields), split_rngs=split)
 
         return _rebuild(layer, change), x
+
+
+class NoisyCell(nn.RNNCellBase):
+    """Per-step state noise around a Flax linen cell, for use inside ``nn.RNN``.
+
+    With ``deterministic=False`` every step adds ``N(0, noise_std^2)`` noise to each
+    carry component before the wrapped cell (under ``"cell"``) reads it; with ``True``
+    it is the wrapped cell. Inside :class:`InitialStateRNN` the noise of all steps is
+    drawn before the scan from the ``"noise"`` stream; in a bare ``nn.RNN`` the cell
+    draws every step, so the stream must be split per step (``split_rngs``, below).
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> cell = NoisyCell(nn.GRUCell(features=8), noise_std=0.1, deterministic=False)
+    >>> rnn = nn.RNN(cell, split_rngs={"params": False, "noise": True})
+    >>> x = jnp.ones((2, 5, 3))
+    >>> variables = rnn.init(jax.random.key(0), x)
+    >>> y1 = rnn.apply(variables, x, rngs={"noise": jax.random.key(1)})
+    >>> y2 = rnn.apply(variables, x, rngs={"noise": jax.random.key(2)})
+    >>> y1.shape, bool((y1 != y2).any())
+    ((2, 5, 8), True)
+    """
+
+    cell: nn.RNNCellBase
+    noise_std: float = 0.1
+    learnable_std: bool = False
+    min_std: float = 0.0
+    deterministic: bool | None = None
+    rng_collection: str = NOISE_RNG
+    seed: int | None = None
+    noise_block: tuple[int, int] | None = None  # set by InitialStateRNN: pre-drawn noise
+
+    def __post_init__(self) -> None:
+        _cell_info(self.cell)  # a TypeError for an unsupported cell, at construction
+        self._rule()
+        _reject_seed(self.seed, "reference_impl.flax.linen.NoisyCell")
+        super().__post_init__()
+
+    @nn.nowrap
+    def _rule(self) -> spec.NoiseStd:
+        return spec.NoiseStd(self.noise_std, self.learnable_std, self.min_std)
+
+    @nn.compact
+    def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
+        """One step: ``cell(carry + noise, inputs)`` in training, ``cell(carry, inputs)``."""
+        rule = self._rule()
+        std = _noise_std(self, rule)
+        if self.noise_block is not None:  # training, with the noise drawn before the scan
+            info = _cell_info(self.cell)
+            carry, inputs = C.split_noise(carry, inputs, self.noise_block, info, std)
+        elif rule.draws and not _deterministic(self, None, "NoisyCell"):
+            hint = (
+                f", and inside nn.RNN split it per step: nn.RNN(cell, split_rngs="
+                f"{{'params': False, '{self.rng_collection}': True}})"
+            )
+            what = "NoisyCell with deterministic=False"
+            carry = C.add_noise(carry, _rng_key(self, self.rng_collection, what, hint), std)
+        return self.cell(carry, inputs)
+
+    @nn.nowrap
+    def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
+        """The wrapped cell's own (zero) carry."""
+        return self.cell.initialize_carry(rng, input_shape)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return self.cell.num_feature_axes

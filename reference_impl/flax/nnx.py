@@ -222,78 +222,6 @@ def _what_draws(plan: spec.Strategy) -> str:
     return f"strategy {plan.name!r} with resample=False"
 
 
-class NoisyCell(_Sigma, nnx.RNNCellBase):
-    """Per-step state noise around a Flax NNX cell, for use inside ``nnx.RNN``.
-
-    In training (the default; ``model.train()``) every step adds ``N(0,
-    noise_std^2)`` noise to each carry component before the wrapped cell reads it; in
-    ``model.eval()`` it is the wrapped cell. Inside :class:`InitialStateRNN` the noise
-    of all steps is drawn before the scan; in a bare ``nnx.RNN``, at every step.
-
-    >>> import jax.numpy as jnp
-    >>> cell = NoisyCell(nnx.GRUCell(3, 8, rngs=nnx.Rngs(0)), noise_std=0.1, rngs=nnx.Rngs(1))
-    >>> rnn = nnx.RNN(cell)
-    >>> x = jnp.ones((2, 5, 3))
-    >>> bool((rnn(x) != rnn(x)).any())  # a new draw every call
-    True
-    >>> rnn.eval()
-    >>> bool((rnn(x) == rnn(x)).all())
-    True
-    """
-
-    def __init__(
-        self,
-        cell: nnx.RNNCellBase,
-        noise_std: float = 0.1,
-        learnable_std: bool = False,
-        *,
-        min_std: float = 0.0,
-        deterministic: bool = False,
-        rng_collection: str = NOISE_RNG,
-        seed: int | None = None,
-        rngs: nnx.Rngs | nnx.RngStream | None = None,
-    ) -> None:
-        _cell_info(cell)  # a TypeError for an unsupported cell
-        rule = spec.NoiseStd(noise_std, learnable_std, min_std)
-        self.cell = cell
-        self.learnable_std, self.min_std, self.fixed_std = rule.learnable, rule.min_std, rule.std
-        self.deterministic = spec.check_bool("deterministic", deterministic)
-        self.rng_collection = rng_collection
-        self.noise_block = None  # set by InitialStateRNN for a call with pre-drawn noise
-        if rule.learnable:
-            self.std_raw = nnx.Param(jnp.asarray(rule.raw(), jnp.float32))
-        self.rngs = _fork(_seeded(rngs, spec.check_seed(seed)), rng_collection)
-
-    def _rule(self) -> spec.NoiseStd:
-        return spec.NoiseStd(self.fixed_std, self.learnable_std, self.min_std)
-
-    def _set_fixed_std(self, value: float) -> None:
-        self.fixed_std = value
-
-    def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
-        """One step: ``cell(carry + noise, inputs)`` in training, ``cell(carry, inputs)``."""
-        if self.noise_block is not None:  # training, with the noise drawn before the scan
-            info = _cell_info(self.cell)
-            carry, inputs = C.split_noise(carry, inputs, self.noise_block, info, self.noise_std)
-        elif self._rule().draws and not self.deterministic:
-            key = _call_key(None, self.rngs, self.rng_collection, "NoisyCell in training")
-            carry = C.add_noise(carry, key, self.noise_std)
-        return self.cell(carry, inputs)
-
-    def initialize_carry(
-        self,
-        input_shape: tuple[int, ...],
-        rngs: nnx.Rngs | nnx.RngStream | None = None,
-        carry_init: Any = None,
-    ) -> Carry:
-        """The wrapped cell's own (zero) carry."""
-        return self.cell.initialize_carry(input_shape, rngs, carry_init)
-
-    @property
-    def num_feature_axes(self) -> int:
-        return self.cell.num_feature_axes
-
-
 def _noisy_cells(layer: nnx.Module, info: C.LayerInfo) -> list[NoisyCell]:
     """The layer's NoisyCells, one per direction, if all draw noise in this call."""
     cells = [rnn.cell for rnn in _API.directions(layer)]
@@ -385,3 +313,75 @@ class InitialStateRNN(nnx.Module):
         finally:
             for cell in cells:
                 cell.noise_block = None
+
+
+class NoisyCell(_Sigma, nnx.RNNCellBase):
+    """Per-step state noise around a Flax NNX cell, for use inside ``nnx.RNN``.
+
+    In training (the default; ``model.train()``) every step adds ``N(0,
+    noise_std^2)`` noise to each carry component before the wrapped cell reads it; in
+    ``model.eval()`` it is the wrapped cell. Inside :class:`InitialStateRNN` the noise
+    of all steps is drawn before the scan; in a bare ``nnx.RNN``, at every step.
+
+    >>> import jax.numpy as jnp
+    >>> cell = NoisyCell(nnx.GRUCell(3, 8, rngs=nnx.Rngs(0)), noise_std=0.1, rngs=nnx.Rngs(1))
+    >>> rnn = nnx.RNN(cell)
+    >>> x = jnp.ones((2, 5, 3))
+    >>> bool((rnn(x) != rnn(x)).any())  # a new draw every call
+    True
+    >>> rnn.eval()
+    >>> bool((rnn(x) == rnn(x)).all())
+    True
+    """
+
+    def __init__(
+        self,
+        cell: nnx.RNNCellBase,
+        noise_std: float = 0.1,
+        learnable_std: bool = False,
+        *,
+        min_std: float = 0.0,
+        deterministic: bool = False,
+        rng_collection: str = NOISE_RNG,
+        seed: int | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+    ) -> None:
+        _cell_info(cell)  # a TypeError for an unsupported cell
+        rule = spec.NoiseStd(noise_std, learnable_std, min_std)
+        self.cell = cell
+        self.learnable_std, self.min_std, self.fixed_std = rule.learnable, rule.min_std, rule.std
+        self.deterministic = spec.check_bool("deterministic", deterministic)
+        self.rng_collection = rng_collection
+        self.noise_block = None  # set by InitialStateRNN for a call with pre-drawn noise
+        if rule.learnable:
+            self.std_raw = nnx.Param(jnp.asarray(rule.raw(), jnp.float32))
+        self.rngs = _fork(_seeded(rngs, spec.check_seed(seed)), rng_collection)
+
+    def _rule(self) -> spec.NoiseStd:
+        return spec.NoiseStd(self.fixed_std, self.learnable_std, self.min_std)
+
+    def _set_fixed_std(self, value: float) -> None:
+        self.fixed_std = value
+
+    def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
+        """One step: ``cell(carry + noise, inputs)`` in training, ``cell(carry, inputs)``."""
+        if self.noise_block is not None:  # training, with the noise drawn before the scan
+            info = _cell_info(self.cell)
+            carry, inputs = C.split_noise(carry, inputs, self.noise_block, info, self.noise_std)
+        elif self._rule().draws and not self.deterministic:
+            key = _call_key(None, self.rngs, self.rng_collection, "NoisyCell in training")
+            carry = C.add_noise(carry, key, self.noise_std)
+        return self.cell(carry, inputs)
+
+    def initialize_carry(
+        self,
+        input_shape: tuple[int, ...],
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+        carry_init: Any = None,
+    ) -> Carry:
+        """The wrapped cell's own (zero) carry."""
+        return self.cell.initialize_carry(input_shape, rngs, carry_init)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return self.cell.num_feature_axes
