@@ -127,16 +127,15 @@ class InitialState(_Sigma, keras.layers.Layer):
     ) -> None:
         layer_kwargs, options = _split_layer_kwargs(kwargs)
         super().__init__(**layer_kwargs)
-        spec.check_strategy(strategy)
+        if isinstance(options.get("init"), dict):  # a serialized Keras initializer
+            options["init"] = keras.saving.deserialize_keras_object(options["init"])
+        self.plan = plan = spec.make(strategy, **options)  # validated first, as everywhere
+        self.strategy, self.options = plan.name, plan.options()
         self.cell = spec.check_cell(cell)
         self.units = spec.check_positive_int("units", units)
         self.bidirectional = spec.check_bool("bidirectional", bidirectional)
         self.directions = 2 if self.bidirectional else 1
         self.features = spec.component_features(self.cell, self.units)
-        if isinstance(options.get("init"), dict):  # a serialized Keras initializer
-            options["init"] = keras.saving.deserialize_keras_object(options["init"])
-        self.plan = plan = spec.make(strategy, **options)
-        self.strategy, self.options = plan.name, plan.options()
         self.supports_masking = True  # a mask on the input is about time steps: dropped
         self.seed_generator = None
         if plan.source == "draw" or plan.noise is not None:
