@@ -53,6 +53,16 @@ def test_state_shapes_values_and_bounds(framework, strategy, cell, directions):
             assert not np.allclose(a[:, 0], a[:, 1])  # and per batch row
 
 
+@pytest.mark.parametrize("batch", [1, 2048])
+def test_the_xavier_scale_does_not_depend_on_the_batch(framework, batch):
+    """The bound is the features' alone: the same spread for one row as for 2,048."""
+    state = framework.initial_state("xavier", "gru", 32, 1, seed=5)
+    bound = spec.xavier_bound(32)
+    h = np.concatenate([state.draw(batch)["h"].ravel() for _ in range(4096 // batch)])
+    assert np.abs(h).max() <= bound + 1e-7
+    assert h.std() == pytest.approx(spec.uniform_std(bound), rel=0.05)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize(

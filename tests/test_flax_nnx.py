@@ -58,15 +58,6 @@ def test_a_resampled_state_draws_from_its_own_stream_or_the_calls_rngs():
     )
 
 
-def test_xavier_bound_does_not_depend_on_the_batch():
-    state = ri.InitialState("xavier", features=32, rngs=nnx.Rngs(0))
-    bound = spec.xavier_bound(32)
-    for batch in (2, 2048):
-        h = state((batch, 8))
-        assert float(jnp.abs(h).max()) <= bound
-        assert float(h.std()) == pytest.approx(spec.uniform_std(bound), rel=0.1)
-
-
 def test_resample_false_is_a_buffer_that_optimizers_never_see():
     state = ri.InitialState("uniform", cell="lstm", features=16, resample=False, rngs=nnx.Rngs(0))
     assert isinstance(state.h, ri.Buffer) and state.h.shape == (1, 16)

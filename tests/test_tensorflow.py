@@ -92,19 +92,6 @@ def test_any_sizes_give_spec_shapes_and_bounds(
 # --------------------------------------------------------------------------- values
 
 
-@pytest.mark.parametrize("batch", [1, 4096])
-def test_xavier_bound_does_not_depend_on_the_batch(batch):
-    units = 32
-    b = spec.xavier_bound(units)
-    (h,) = ri.InitialState("xavier", units=units, seed=2)(inputs(batch))
-    h = np.asarray(h)
-    assert np.abs(h).max() <= b
-    if batch > 1:
-        assert h.std() == pytest.approx(spec.uniform_std(b), rel=0.03)
-        # the careless Glorot bound for this batch would be far smaller
-        assert np.abs(h).max() > 5 * spec.naive_glorot_bound((batch, units))
-
-
 @pytest.mark.parametrize("strategy", ["uniform", "xavier"])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_resample_false_draws_once_and_broadcasts(strategy, cell):
