@@ -266,7 +266,7 @@ class InitialStateRNN(nnx.Module):
         rngs = _seeded(rngs, resolved.pop("seed", None))
         layers, infos, stack = _API.layers(rnn, nnx.RNN)
         states = [InitialState(plan.name, rngs=rngs, **C.state_args(i), **resolved) for i in infos]
-        self.strategy, self.stack, self.infos = plan.name, stack, tuple(infos)
+        self.strategy, self.stack, self.infos = plan.name, stack, infos
         self.rnn = nnx.List(layers) if stack else layers[0]
         self.initial_state = nnx.List(states) if stack else states[0]
         if deterministic is not None:
