@@ -48,8 +48,11 @@ def _split_layer_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return layer, {k: v for k, v in kwargs.items() if k not in _LAYER_KWARGS}
 
 
-_KINDS = {"lstm": keras.layers.LSTMCell, "gru": keras.layers.GRUCell}
-_KINDS["rnn"] = keras.layers.SimpleRNNCell
+_KINDS = {
+    "lstm": keras.layers.LSTMCell,
+    "gru": keras.layers.GRUCell,
+    "rnn": keras.layers.SimpleRNNCell,
+}
 
 
 def _cell_kind(cell: object) -> str | None:

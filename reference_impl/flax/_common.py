@@ -80,8 +80,12 @@ class Api:
         if _is_noisy(cell):
             return self.cell_info(cell.cell)
         lib = self.lib
-        kinds = {"lstm": (lib.LSTMCell, lib.OptimizedLSTMCell), "gru": lib.GRUCell}
-        for kind, types in {**kinds, "rnn": lib.SimpleCell}.items():
+        kinds = {
+            "lstm": (lib.LSTMCell, lib.OptimizedLSTMCell),
+            "gru": lib.GRUCell,
+            "rnn": lib.SimpleCell,
+        }
+        for kind, types in kinds.items():
             if isinstance(cell, types):
                 features = getattr(cell, "hidden_features", None) or cell.features
                 features = spec.check_positive_int("features", features)
@@ -120,9 +124,10 @@ class Api:
     def _layer_info(self, layer: Any) -> LayerInfo:
         rnns = self.directions(layer)
         names = f"{self.lib.__name__.split('.')[1]}.Bidirectional"
-        if any(not isinstance(rnn, self.lib.RNN) for rnn in rnns):
-            got = next(type(r).__name__ for r in rnns if not isinstance(r, self.lib.RNN))
-            raise TypeError(f"InitialStateRNN wraps an {names} of two RNN layers; got {got}")
+        for rnn in rnns:
+            if not isinstance(rnn, self.lib.RNN):
+                got = type(rnn).__name__
+                raise TypeError(f"InitialStateRNN wraps an {names} of two RNN layers; got {got}")
         found = [self.cell_info(rnn.cell) for rnn in rnns]
         if len({(f.kind, f.features) for f in found}) > 1:
             a, b = found

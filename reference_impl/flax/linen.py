@@ -44,7 +44,6 @@ NOISE_RNG = C.NOISE_RNG
 """Rng stream of the ``noisy`` strategy and of :class:`NoisyCell`."""
 
 _API = C.Api(nn, "linen", "nn", "ri")
-_cell_info = _API.cell_info
 
 
 def _reject_seed(seed: int | None, where: str) -> None:
@@ -373,7 +372,7 @@ class NoisyCell(nn.RNNCellBase):
     noise_block: tuple[int, int] | None = None  # set by InitialStateRNN: pre-drawn noise
 
     def __post_init__(self) -> None:
-        _cell_info(self.cell)  # a TypeError for an unsupported cell, at construction
+        _API.cell_info(self.cell)  # a TypeError for an unsupported cell, at construction
         self._rule()
         _reject_seed(self.seed, "reference_impl.flax.linen.NoisyCell")
         super().__post_init__()
@@ -388,7 +387,7 @@ class NoisyCell(nn.RNNCellBase):
         rule = self._rule()
         std = _noise_std(self, rule)
         if self.noise_block is not None:  # training, with the noise drawn before the scan
-            info = _cell_info(self.cell)
+            info = _API.cell_info(self.cell)
             carry, inputs = C.split_noise(carry, inputs, self.noise_block, info, std)
         elif rule.draws and not _deterministic(self, None, "NoisyCell"):
             hint = (

@@ -48,7 +48,6 @@ class Buffer(nnx.Variable):
 
 
 _API = C.Api(nnx, "NNX", "nnx", "ri_nnx")
-_cell_info = _API.cell_info
 
 
 def _seeded(rngs: RngsLike, seed: int | None) -> RngsLike:
@@ -346,7 +345,7 @@ class NoisyCell(_Sigma, nnx.RNNCellBase):
         seed: int | None = None,
         rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
-        _cell_info(cell)  # a TypeError for an unsupported cell
+        _API.cell_info(cell)  # a TypeError for an unsupported cell
         rule = spec.NoiseStd(noise_std, learnable_std, min_std)
         self.cell = cell
         self.learnable_std, self.min_std, self.fixed_std = rule.learnable, rule.min_std, rule.std
@@ -366,7 +365,7 @@ class NoisyCell(_Sigma, nnx.RNNCellBase):
     def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
         """One step: ``cell(carry + noise, inputs)`` in training, ``cell(carry, inputs)``."""
         if self.noise_block is not None:  # training, with the noise drawn before the scan
-            info = _cell_info(self.cell)
+            info = _API.cell_info(self.cell)
             carry, inputs = C.split_noise(carry, inputs, self.noise_block, info, self.noise_std)
         elif self._rule().draws and not self.deterministic:
             key = _call_key(None, self.rngs, self.rng_collection, "NoisyCell in training")
