@@ -34,7 +34,8 @@ help:
 	@echo "make lab        JupyterLab on the notebooks"
 	@echo "make bench      benchmarks against the bare layers: every round to results/bench-*.csv"
 	@echo "                (BENCH_DEVICE=gpu: on the GPU, to results/bench-*-gpu.csv)"
-	@echo "make experiments  the experiment grid (BUDGET=quick|standard|full) into results/"
+	@echo "make experiments  the experiment grid and the map of regimes (BUDGET=quick|standard|full)"
+	@echo "                into results/"
 	@echo "make clean      remove build outputs (keeps .venv)"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
@@ -89,9 +90,10 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python "$$b" --device $(BENCH_DEVICE); done
 
 # Resumable: a second call runs only the trials missing from results/. With RAY_ADDRESS
-# set the trials run on that Ray cluster.
+# set the trials run on that Ray cluster. The grid of tasks, then the map of regimes.
 experiments: $(STAMP)
 	$(BIN)/python -m reference_impl.experiments run --budget $(BUDGET)
+	$(BIN)/python -m reference_impl.experiments run --study map --budget $(BUDGET)
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis .benchmarks

@@ -101,12 +101,13 @@ class _Fitted:
         self.mod = mod = _module(fw)
         out = mod._fit(cfg, SETTINGS, task)
         if fw == "keras":
-            self.model, self.val_by_epoch, self.best_epoch, _ = out
+            self.model, fit = out
             # The compiled Keras model is shared by the trials of one structure: keep
             # this trial's weights and put them back before each use.
             self.params = self.model.get_params()
         else:
-            self.comp, self.params, self.val_by_epoch, self.best_epoch, _ = out
+            self.comp, self.params, fit = out
+        self.val_by_epoch, self.best_epoch = fit.val_by_epoch, fit.best_epoch
 
     def evaluate(self) -> tuple[dict, list]:
         if self.fw == "keras":

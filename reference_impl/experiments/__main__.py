@@ -3,6 +3,7 @@
     python -m reference_impl.experiments run --budget standard
     python -m reference_impl.experiments run --budget quick --frameworks torch --tasks co2
     python -m reference_impl.experiments list --budget standard
+    python -m reference_impl.experiments run --study map --budget standard
 
 An interrupted run goes on where it stopped when started again. With ``RAY_ADDRESS``
 set the trials run on that Ray cluster.
@@ -26,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference_impl.experiments")
     parser.add_argument("command", choices=("run", "list"))
     parser.add_argument("--budget", default="quick", help=f"one of {', '.join(BUDGETS)}")
-    parser.add_argument("--tasks", help=f"comma-separated (default: {','.join(GRID_TASKS)})")
+    parser.add_argument(
+        "--study", default="grid", help="grid (the tasks, default) or map (the map of regimes)"
+    )
+    parser.add_argument(
+        "--tasks", help=f"comma-separated (default: the study's; grid: {','.join(GRID_TASKS)})"
+    )
     parser.add_argument("--frameworks", help=f"comma-separated (default: {','.join(FRAMEWORKS)})")
     parser.add_argument("--cells", help=f"comma-separated (default: {','.join(CELLS)})")
     parser.add_argument("--strategies", help="comma-separated (default: all of the task)")
@@ -48,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         if args.command == "list":
-            configs = grid.grid_configs(args.budget, **selection)
-            done = grid.done_keys(grid.results_path(args.budget, args.results_dir))
+            configs = grid.study_configs(args.study, args.budget, **selection)
+            done = grid.done_keys(grid.results_path(args.budget, args.results_dir, args.study))
             counts = collections.Counter(c["framework"] for c in configs)
             left = sum(grid._key(c) not in done for c in configs)
             print(f"{len(configs)} trials ({dict(counts)}), {left} not done yet")
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             num_cpus=args.num_cpus,
             max_trials=args.max_trials,
             executor=args.executor,
+            study=args.study,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

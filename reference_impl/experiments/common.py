@@ -24,6 +24,9 @@ from reference_impl.experiments import (
     BUDGETS,
     CELLS,
     FRAMEWORKS,
+    MAP_TASKS,
+    NOISE_SWEEP,
+    REAL_MAP_TASKS,
     TASK_KINDS,
     TASKS,
     VARIANT_KINDS,
@@ -48,14 +51,20 @@ STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {
 }
 #: The package strategy a variant runs with: washout and stateful (chunk 0) start from
 #: zeros; data_driven replaces the start by its initializer's output.
-VARIANT_BASE: dict[str, str] = {"washout": "zero", "data_driven": "zero", "stateful": "zero"}
+VARIANT_BASE: dict[str, str] = {
+    "washout": "zero",
+    "data_driven": "zero",
+    "stateful": "zero",
+    **{name: "noisy" for name in NOISE_SWEEP},
+}
 
 REQUIRED_KEYS = ("task", "framework", "cell", "strategy", "seed", "budget")
 
 
 def _check_name(kind: str, value: Any, known: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in known:
-        raise ValueError(f"unknown {kind} {value!r}; expected one of {list(known)}")
+        shown = list(known) if len(known) <= 8 else [*known[:6], "..."]
+        raise ValueError(f"unknown {kind} {value!r}; expected one of {shown}")
     return value
 
 
@@ -138,6 +147,8 @@ class TrialConfig:
         """Keyword options for ``InitialStateRNN`` (seeded where the strategy draws)."""
         base = self.base_strategy
         opts = dict(STRATEGY_OPTIONS[base])
+        if self.strategy in NOISE_SWEEP:
+            opts["noise_std"] = NOISE_SWEEP[self.strategy]
         if base in ("uniform", "xavier", "noisy"):
             opts["seed"] = self.seed
         return opts
@@ -197,17 +208,126 @@ _TASK_SIZES: dict[str, dict[str, dict[str, int]]] = {
 }
 
 
+# The map of regimes trains by optimizer updates, not epochs, and records the test error
+# at checkpoints on the way (``checkpoints``: update counts; each is taken at the end of
+# the first epoch that reaches it). No early stopping: the model of the checkpoint with
+# the lowest validation error is the trial's final model, the others give the budget
+# curves.
+_MAP_TRAIN = {
+    "quick": {"hidden": 8, "batch_size": 32, "lr": 0.01, "checkpoints": (8, 16)},
+    "standard": {
+        "hidden": 16,
+        "batch_size": 32,
+        "lr": 0.01,
+        "checkpoints": (50, 100, 200, 400, 800),
+    },
+    "full": {
+        "hidden": 32,
+        "batch_size": 32,
+        "lr": 0.005,
+        "checkpoints": (50, 100, 200, 500, 1000, 2000, 4000),
+    },
+}
+#: The length sweep stops earlier at the CPU budget (a 200-step sequence costs ten
+#: times a 20-step one per update).
+_LENGTH_CHECKPOINTS = {"quick": (8, 16), "standard": (50, 100, 200, 400), "full": None}
+_MAP_SIZES = {
+    "quick": {"n_train": 64, "n_val": 32, "n_test": 32, "steps": 20},
+    "standard": {"n_train": 256, "n_val": 64, "n_test": 256, "steps": 20},
+    "full": {"n_train": 1024, "n_val": 256, "n_test": 512, "steps": 20},
+}
+
+
+def _map_settings(budget: str, task: str) -> dict[str, Any]:
+    train = dict(_MAP_TRAIN[budget])
+    sizes = dict(_MAP_SIZES[budget])
+    if task in REAL_MAP_TASKS:  # sizes come from the series; test sequences are resampled
+        sizes = {"per_sequence": True}
+    if task.startswith("length_"):
+        sizes["steps"] = int(task.rsplit("_T", 1)[1])
+        if _LENGTH_CHECKPOINTS[budget] is not None:
+            train["checkpoints"] = _LENGTH_CHECKPOINTS[budget]
+    return {**train, **sizes, "max_epochs": None, "patience": None, "seeds": SEEDS[budget]}
+
+
 def budget_settings(budget: str, task: str) -> dict[str, Any]:
     """Sizes for one task at one budget: training (``hidden``, ``batch_size``, ``lr``,
-    ``max_epochs``, ``patience``) and data (``n_train``, ``steps``, ...), plus ``seeds``.
+    ``max_epochs``, ``patience``; the map's tasks ``checkpoints`` instead of the last
+    two) and data (``n_train``, ``steps``, ...), plus ``seeds``.
 
     >>> s = budget_settings("standard", "variable_start")
     >>> s["hidden"], s["seeds"], s["steps"]
     (16, 10, 30)
+    >>> budget_settings("standard", "length_m0_s1_T50")["checkpoints"]
+    (50, 100, 200, 400)
     """
     check_budget(budget)
     check_task(task)
+    if task in MAP_TASKS:
+        return _map_settings(budget, task)
     return {**_TRAIN[budget], **_TASK_SIZES[budget][task], "seeds": SEEDS[budget]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """When a trainer validates, records a checkpoint and stops (one for every framework).
+
+    Epoch-based (``checkpoints`` empty): validate after every epoch, stop ``patience``
+    epochs after the best one or at ``epochs``. Update-based (the map): validate only at
+    the checkpoints (``{epoch: updates done by its end}``), never stop early.
+    """
+
+    epochs: int
+    checkpoints: dict[int, int]
+    patience: int | None
+
+    def evaluates(self, epoch: int) -> bool:
+        return not self.checkpoints or epoch in self.checkpoints
+
+    def stops(self, epoch: int, best_epoch: int) -> bool:
+        return self.patience is not None and epoch - best_epoch >= self.patience
+
+
+def training_plan(settings: dict[str, Any], n_train: int) -> TrainingPlan:
+    """The :class:`TrainingPlan` of a budget's ``settings`` for ``n_train`` training rows
+    (sequences, or streams of chunks: one update per batch of rows and chunk).
+
+    >>> p = training_plan({"checkpoints": (50, 100), "batch_size": 32}, 256)
+    >>> p.epochs, p.checkpoints
+    (13, {6: 56, 12: 104})
+    """
+    if settings.get("checkpoints"):
+        per_epoch = -(-int(n_train) // int(settings["batch_size"]))
+        plan = checkpoint_epochs(tuple(settings["checkpoints"]), per_epoch)
+        return TrainingPlan(epochs=max(plan) + 1, checkpoints=plan, patience=None)
+    return TrainingPlan(
+        epochs=int(settings["max_epochs"]), checkpoints={}, patience=int(settings["patience"])
+    )
+
+
+def checkpoint_record(updates: int, val: float, test_curve: Any) -> dict[str, float]:
+    """One checkpoint of a trial: the updates done, the validation MSE, and the test
+    scalars of :func:`summarize` at that point.
+
+    >>> checkpoint_record(56, 0.5, [1.0, 1.0, 1.0, 0.0])["all_mse"]
+    0.75
+    """
+    return {"updates": int(updates), "val": float(val), **summarize({"test": list(test_curve)})}
+
+
+def checkpoint_epochs(checkpoints: tuple[int, ...], updates_per_epoch: int) -> dict[int, int]:
+    """The epoch (0-based) at whose end each checkpoint is taken, and the updates done by then.
+
+    >>> checkpoint_epochs((50, 100), 8)
+    {6: 56, 12: 104}
+    """
+    if updates_per_epoch < 1:
+        raise ValueError(f"updates_per_epoch must be >= 1; got {updates_per_epoch}")
+    out: dict[int, int] = {}
+    for c in sorted(checkpoints):
+        epoch = -(-int(c) // updates_per_epoch) - 1
+        out[epoch] = (epoch + 1) * updates_per_epoch
+    return out
 
 
 # ---------------------------------------------------------------------- batch order
@@ -288,6 +408,44 @@ def summarize(curves: dict[str, list[float]]) -> dict[str, float]:
         "all_mse": mean(test),
         "late_mse": mean(test[test.size // 2 :]),
     }
+
+
+def sequence_curves(prediction: np.ndarray, target: np.ndarray, first: int = 0) -> dict:
+    """Per test sequence: ``seq_first`` (steps 0..FIRST_STEPS-1) and ``seq_all`` (all
+    steps), as lists indexed by sequence, for resampling test sequences as blocks.
+
+    ``prediction`` may be shorter in time than ``target`` (a variant that predicts from
+    step k): it is aligned to the end; steps before ``first`` do not count.
+
+    >>> sequence_curves(np.ones((2, 4, 1)), np.zeros((2, 4, 1)))["seq_all"]
+    [1.0, 1.0]
+    """
+    p = np.full(target.shape, np.nan)
+    p[:, target.shape[1] - prediction.shape[1] :] = prediction
+    p[:, :first] = np.nan
+    with np.errstate(invalid="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a sequence with no step counted
+            return {
+                "seq_first": per_sequence_mse(p, target, stop=FIRST_STEPS).tolist(),
+                "seq_all": per_sequence_mse(p, target).tolist(),
+            }
+
+
+def per_sequence_mse(prediction: np.ndarray, target: np.ndarray, stop: int | None = None):
+    """MSE of each sequence of "windows" arrays ``(N, T, 1)`` over steps ``0..stop-1``
+    (NaN steps, which a variant does not predict, left out).
+
+    >>> per_sequence_mse(np.ones((2, 3, 1)), np.zeros((2, 3, 1)), stop=2).tolist()
+    [1.0, 1.0]
+    """
+    p, t = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
+    if p.shape != t.shape or p.ndim != 3:
+        raise ValueError(f"expected two (N, T, 1) arrays; got {p.shape}, {t.shape}")
+    err = ((p - t) ** 2).mean(axis=2)[:, :stop]
+    return np.nanmean(err, axis=1)
 
 
 def state_rms(states: np.ndarray) -> float:

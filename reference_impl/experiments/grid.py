@@ -15,6 +15,7 @@ Parquet table (:data:`COLUMNS`, see :func:`trial_rows`).
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -30,7 +31,17 @@ import pandas as pd
 
 import reference_impl
 from reference_impl import STRATEGIES
-from reference_impl.experiments import CELLS, FRAMEWORKS, GRID_TASKS, TASK_KINDS
+from reference_impl.experiments import (
+    CELLS,
+    FRAMEWORKS,
+    GRID_TASKS,
+    LENGTH_TASKS,
+    MAP_CORNERS,
+    MAP_START_TASKS,
+    NOISE_SWEEP,
+    REAL_MAP_TASKS,
+    TASK_KINDS,
+)
 from reference_impl.experiments.common import (
     SEEDS,
     TrialConfig,
@@ -49,7 +60,12 @@ PROVENANCE = (
     "python",
     "host_cpu",
 )
-COLUMNS = (*KEY_COLUMNS, "metric", "step", "value", *PROVENANCE)
+#: ``updates``: -1 for the trial's final model (the best validation epoch or checkpoint);
+#: for the map's budget curves, the optimizer updates done at that checkpoint.
+COLUMNS = (*KEY_COLUMNS, "metric", "step", "updates", "value", *PROVENANCE)
+#: The studies: the grid of tasks (``experiments-<budget>.parquet``) and the map of
+#: regimes (``map-<budget>.parquet``).
+STUDIES = ("grid", "map")
 #: Where results live, relative to the repository root (or ``$EXPERIMENTS_RESULTS``).
 RESULTS_DIR = Path(os.environ.get("EXPERIMENTS_RESULTS", "results"))
 #: Variants the grid runs only in PyTorch (the baselines from the literature).
@@ -120,6 +136,104 @@ def grid_configs(
     return configs
 
 
+# ---------------------------------------------------------------------- the map of regimes
+
+#: The strategies compared with ``zero`` in every cell of the map.
+MAP_STRATEGIES = ("zero", "learnable", "noisy", "xavier")
+#: The task of the training-noise sweep: a non-zero mean start that varies (mu 3, s 1).
+SWEEP_TASK = "start_m3_s1"
+
+
+def map_plan(budget: str) -> list[tuple[tuple[str, ...], ...]]:
+    """The parts of the map at a budget: (tasks, frameworks, cells, strategies) each.
+
+    At ``full`` (a cluster or a GPU runner) every part runs in every framework and cell.
+    At ``quick`` and ``standard`` (the CPU budget the book shows) the start map runs in
+    PyTorch and Flax with the GRU, its corners also with the LSTM and in Keras; the length
+    sweep compares zero and learnable (GRU, PyTorch and Flax); the real series run in
+    PyTorch and Flax with both cells and in Keras (GRU, zero and learnable); the noise
+    sweep and the two baselines (PyTorch only) run at the map's budget.
+    """
+    check_budget(budget)
+    if budget == "full":
+        return [
+            (MAP_START_TASKS, FRAMEWORKS, CELLS, MAP_STRATEGIES),
+            (LENGTH_TASKS, FRAMEWORKS, CELLS, ("zero", "learnable", "noisy")),
+            (REAL_MAP_TASKS, FRAMEWORKS, CELLS, MAP_STRATEGIES),
+            ((SWEEP_TASK,), FRAMEWORKS, CELLS, tuple(NOISE_SWEEP)),
+            (MAP_CORNERS, ("torch",), CELLS, TORCH_ONLY),
+        ]
+    two = ("torch", "flax")
+    return [
+        (MAP_START_TASKS, two, ("gru",), MAP_STRATEGIES),
+        (MAP_CORNERS, two, ("lstm",), MAP_STRATEGIES),
+        (MAP_CORNERS, ("keras",), ("gru",), MAP_STRATEGIES),
+        (LENGTH_TASKS, two, ("gru",), ("zero", "learnable")),
+        (REAL_MAP_TASKS, two, CELLS, MAP_STRATEGIES),
+        (REAL_MAP_TASKS, ("keras",), ("gru",), ("zero", "learnable")),
+        ((SWEEP_TASK,), two, ("gru",), tuple(NOISE_SWEEP)),
+        (MAP_CORNERS, ("torch",), ("gru",), TORCH_ONLY),
+    ]
+
+
+def map_configs(
+    budget: str,
+    *,
+    tasks: Iterable[str] | None = None,
+    frameworks: Iterable[str] | None = None,
+    cells: Iterable[str] | None = None,
+    strategies: Iterable[str] | None = None,
+    seeds: int | Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Every trial of the map at a budget (:func:`map_plan`), seed-major; the keywords
+    keep only the trials they name.
+
+    >>> len(map_configs("standard", seeds=1))
+    260
+    """
+    check_budget(budget)
+    keep = {
+        "task": None if tasks is None else set(tasks),
+        "framework": None if frameworks is None else set(frameworks),
+        "cell": None if cells is None else set(cells),
+        "strategy": None if strategies is None else set(strategies),
+    }
+    for t in keep["task"] or ():
+        check_task(t)
+    for f in keep["framework"] or ():
+        check_framework(f)
+    if seeds is None:
+        seeds = SEEDS[budget]
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    configs: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    for seed in seed_list:
+        for part in map_plan(budget):
+            for task, framework, cell, strategy in itertools.product(*part):
+                cfg = {
+                    "task": task,
+                    "framework": framework,
+                    "cell": cell,
+                    "strategy": strategy,
+                    "seed": seed,
+                    "budget": budget,
+                }
+                if any(v is not None and cfg[k] not in v for k, v in keep.items()):
+                    continue
+                if _key(cfg) not in seen:
+                    seen.add(_key(cfg))
+                    TrialConfig.from_dict(cfg)
+                    configs.append(cfg)
+    return configs
+
+
+def study_configs(study: str, budget: str, **selection: Any) -> list[dict[str, Any]]:
+    """The trials of ``study`` ("grid" or "map") at ``budget``."""
+    if study not in STUDIES:
+        raise ValueError(f"unknown study {study!r}; expected one of {list(STUDIES)}")
+    return (grid_configs if study == "grid" else map_configs)(budget, **selection)
+
+
 # ---------------------------------------------------------------------- provenance
 
 
@@ -169,7 +283,9 @@ def provenance() -> dict[str, str]:
 def trial_rows(
     config: dict[str, Any], result: dict[str, Any], prov: dict[str, str], date: str
 ) -> list[dict[str, Any]]:
-    """The tidy rows of one trial: one per (curve, step) and one per scalar (step -1)."""
+    """The tidy rows of one trial: one per (curve, step) and one per scalar (step -1) of
+    the final model (``updates`` -1), and one per scalar of each checkpoint (``updates``
+    the optimizer updates done then)."""
     base = {k: config[k] for k in KEY_COLUMNS}
     extra = {
         **prov,
@@ -180,17 +296,38 @@ def trial_rows(
     rows = []
     for metric, curve in result["curves"].items():
         for step, v in enumerate(curve):
-            rows.append({**base, "metric": metric, "step": step, "value": float(v), **extra})
+            rows.append(
+                {**base, "metric": metric, "step": step, "updates": -1, "value": float(v), **extra}
+            )
     for metric, v in result["scalars"].items():
-        rows.append({**base, "metric": metric, "step": -1, "value": float(v), **extra})
+        rows.append(
+            {**base, "metric": metric, "step": -1, "updates": -1, "value": float(v), **extra}
+        )
+    for point in result.get("checkpoints", ()):
+        for metric, v in point.items():
+            if metric != "updates":
+                rows.append(
+                    {
+                        **base,
+                        "metric": metric,
+                        "step": -1,
+                        "updates": int(point["updates"]),
+                        "value": float(v),
+                        **extra,
+                    }
+                )
     return rows
 
 
 # ---------------------------------------------------------------------- the table
 
 
-def results_path(budget: str, directory: Path | str | None = None) -> Path:
-    return Path(directory or RESULTS_DIR) / f"experiments-{check_budget(budget)}.parquet"
+def results_path(budget: str, directory: Path | str | None = None, study: str = "grid") -> Path:
+    """``experiments-<budget>.parquet`` (the grid) or ``map-<budget>.parquet`` (the map)."""
+    if study not in STUDIES:
+        raise ValueError(f"unknown study {study!r}; expected one of {list(STUDIES)}")
+    name = "experiments" if study == "grid" else "map"
+    return Path(directory or RESULTS_DIR) / f"{name}-{check_budget(budget)}.parquet"
 
 
 def _journal_path(table: Path) -> Path:
@@ -199,7 +336,10 @@ def _journal_path(table: Path) -> Path:
 
 def check_table(df: pd.DataFrame) -> pd.DataFrame:
     """Return ``df`` if it has every column of :data:`COLUMNS`, else raise ValueError
-    naming the missing ones."""
+    naming the missing ones. A table written before the ``updates`` column holds final
+    models only: it gets ``updates`` -1."""
+    if "updates" not in df.columns and "value" in df.columns:
+        df = df.assign(updates=np.int32(-1))
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"results table lacks column(s) {missing}")
@@ -243,19 +383,20 @@ def done_keys(table: Path) -> set[tuple]:
 def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     df = df.loc[:, list(COLUMNS)].copy()
     for c in df.columns:
-        if c not in ("seed", "step", "value"):
+        if c not in ("seed", "step", "updates", "value"):
             df[c] = df[c].astype("category")
     df["seed"] = df["seed"].astype("int32")
     df["step"] = df["step"].astype("int32")
+    df["updates"] = df["updates"].astype("int32")
     df["value"] = df["value"].astype("float64")
-    return df.sort_values(list(KEY_COLUMNS) + ["metric", "step"]).reset_index(drop=True)
+    return df.sort_values(list(KEY_COLUMNS) + ["metric", "updates", "step"]).reset_index(drop=True)
 
 
 def consolidate(table: Path) -> pd.DataFrame:
     """Fold the journal into the Parquet table (keeping the first copy of a trial)."""
     parts = []
     if table.exists():
-        parts.append(pd.read_parquet(table))
+        parts.append(check_table(pd.read_parquet(table)))
     rows = []
     for record in _read_journal(_journal_path(table)):
         rows.extend(record["rows"])
@@ -263,10 +404,10 @@ def consolidate(table: Path) -> pd.DataFrame:
         parts.append(pd.DataFrame(rows))
     if not parts:
         raise ValueError(f"no results for {table}")
-    text = [c for c in COLUMNS if c not in ("seed", "step", "value")]
+    text = [c for c in COLUMNS if c not in ("seed", "step", "updates", "value")]
     parts = [p.astype({c: "object" for c in text if c in p.columns}) for p in parts]
     df = pd.concat(parts, ignore_index=True)
-    key_metric = list(KEY_COLUMNS) + ["metric", "step"]
+    key_metric = list(KEY_COLUMNS) + ["metric", "updates", "step"]
     df = df.drop_duplicates(subset=key_metric, keep="first")
     df = _tidy(check_table(df))
     table.parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +570,7 @@ def _run_ray(todo, journal: _Journal, budget: str, num_cpus, storage) -> None:
         # imports and compiled functions from one trial to the next.
         tune_config=tune.TuneConfig(reuse_actors=True, num_samples=1),
         run_config=tune.RunConfig(
-            name=f"experiments-{budget}-{int(time.time())}",
+            name=f"{budget}-{int(time.time())}",
             storage_path=str(storage.resolve()),
             callbacks=[journal.tune_callback()],
             verbose=0,
@@ -471,6 +612,7 @@ def run_grid(
     max_trials: int | None = None,
     executor: str = "ray",
     storage: Path | str | None = None,
+    study: str = "grid",
     log=sys.stdout,
 ) -> dict[str, Any]:
     """Run the trials of a budget that are not done yet, then write the table.
@@ -483,23 +625,29 @@ def run_grid(
     """
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; expected one of {list(EXECUTORS)}")
-    table = results_path(budget, results_dir)
-    configs = grid_configs(
-        budget, tasks=tasks, frameworks=frameworks, cells=cells, strategies=strategies, seeds=seeds
+    table = results_path(budget, results_dir, study)
+    configs = study_configs(
+        study,
+        budget,
+        tasks=tasks,
+        frameworks=frameworks,
+        cells=cells,
+        strategies=strategies,
+        seeds=seeds,
     )
     done = done_keys(table)
     todo = [c for c in configs if _key(c) not in done]
     if max_trials is not None:
         todo = todo[:max_trials]
     n_done = sum(_key(c) in done for c in configs)
-    print(f"{len(configs)} trials in the grid, {n_done} done, {len(todo)} to run", file=log)
+    print(f"{len(configs)} trials in the {study}, {n_done} done, {len(todo)} to run", file=log)
     start = time.time()
     journal = _Journal(table, len(todo), provenance(), log)
     used = None
     if todo:
         if executor == "ray" and _init_ray(num_cpus, log):
             used = "ray"
-            _run_ray(todo, journal, budget, num_cpus, storage)
+            _run_ray(todo, journal, f"{study}-{budget}", num_cpus, storage)
         else:
             if executor == "ray":
                 print("running the trials on a local process pool instead", file=log)
@@ -519,8 +667,8 @@ def run_grid(
 
 def scalar_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per trial: the scalar ``metric`` (step -1) as column ``value``."""
-    check_table(df)
-    sub = df[(df["metric"] == metric) & (df["step"] == -1)]
+    df = check_table(df)
+    sub = df[(df["metric"] == metric) & (df["step"] == -1) & (df["updates"] == -1)]
     return sub[list(KEY_COLUMNS) + ["value"]].astype({"strategy": str}).reset_index(drop=True)
 
 
@@ -546,11 +694,14 @@ __all__ = [
     "consolidate",
     "grid_configs",
     "load_results",
+    "map_configs",
+    "map_plan",
     "provenance",
     "results_path",
     "run_grid",
     "scalar_table",
     "strategies_for",
+    "study_configs",
     "trial_rows",
     "window_table",
 ]

@@ -8,7 +8,15 @@ initial weights, so strategies are compared by their per-seed differences:
 - :func:`paired_test`: the Wilcoxon signed-rank test of paired samples;
 - :func:`holm`: Holm's step-down correction of a family of p-values;
 - :func:`rank_biserial`: the matched-pairs rank-biserial correlation (effect size);
-- :func:`compare_to`: every strategy against a reference (``zero``), one row each.
+- :func:`compare_to`: every strategy against a reference (``zero``), one row each;
+- :func:`fdr_bh`: Benjamini-Hochberg adjusted p-values (false-discovery rate, grid-wide);
+- :func:`tost`: two one-sided tests of equivalence within a margin of the reference;
+- :func:`ratio_of_means`, :func:`geometric_mean_ratio`: paired ratios with bootstrap CIs
+  (the second pools implementations: frameworks that share seeds and data);
+- :func:`two_level_ratio`: a ratio of means whose bootstrap resamples seeds and test
+  sequences (blocks), for real series with few test sequences;
+- :func:`verdict`: "better", "worse", "equivalent" or "not shown", from a test, an
+  interval and an equivalence test.
 
 >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
 [0.03, 0.06, 0.06]
@@ -198,3 +206,170 @@ def compare_to(
             lambda p: holm(p.to_numpy())
         )
     return out
+
+
+def fdr_bh(pvalues: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (same order; NaNs stay NaN): the false
+    discovery rate is controlled at q by keeping the p-values whose adjusted value is
+    at most q.
+
+    >>> fdr_bh([0.01, 0.04, 0.03, 0.005]).round(3).tolist()
+    [0.02, 0.04, 0.04, 0.02]
+    """
+    p = np.asarray(pvalues, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    scaled = p[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    out[order] = adjusted
+    return out
+
+
+def tost(a: Sequence[float], b: Sequence[float], margin: float = 0.05) -> float:
+    """p-value of the two one-sided paired t-tests that ``a`` is equivalent to ``b``
+    within ``margin`` times the mean of ``b``: H0 is mean(a - b) <= -margin * mean(b)
+    or >= +margin * mean(b); a p-value below alpha shows equivalence at level alpha.
+    The margin is taken as fixed (the reference's mean error over the seeds).
+
+    >>> rng = np.random.default_rng(0)
+    >>> b = rng.normal(1.0, 0.1, 20)
+    >>> tost(b + rng.normal(0, 0.005, 20), b) < 0.05   # within +-5%: equivalent
+    True
+    >>> tost(b * 1.2, b) > 0.5                         # 20% worse: not equivalent
+    True
+    """
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0; got {margin!r}")
+    a, b = _pairs(a, b)
+    if a.size < 2:
+        return float("nan")
+    d = a - b
+    bound = margin * float(b.mean())
+    se = float(d.std(ddof=1)) / np.sqrt(d.size)
+    if se == 0:
+        return 0.0 if abs(float(d.mean())) < bound else 1.0
+    df = d.size - 1
+    p_low = sps.t.sf((d.mean() + bound) / se, df)  # H0: mean <= -bound
+    p_high = sps.t.cdf((d.mean() - bound) / se, df)  # H0: mean >= +bound
+    return float(max(p_low, p_high))
+
+
+def _ratio_boot(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(n_boot, a.size))
+    return a[idx].mean(1) / b[idx].mean(1)
+
+
+def ratio_of_means(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    level: float = LEVEL,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """mean(a) / mean(b) over paired samples, with a percentile-bootstrap CI that
+    resamples the pairs.
+
+    >>> ratio_of_means([2.0, 4.0], [1.0, 2.0])[0]
+    2.0
+    """
+    a, b = _pairs(a, b)
+    if a.size == 0:
+        return (np.nan, np.nan, np.nan)
+    est = float(a.mean() / b.mean())
+    if a.size == 1:
+        return (est, np.nan, np.nan)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(_ratio_boot(a, b, n_boot, seed), [alpha, 1 - alpha])
+    return (est, float(lo), float(hi))
+
+
+def geometric_mean_ratio(
+    groups: Sequence[tuple[Sequence[float], Sequence[float]]],
+    *,
+    level: float = LEVEL,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Pool paired comparisons made in several implementations (frameworks sharing seeds
+    and data): the geometric mean over groups of each group's ratio of means, with a CI
+    from bootstrapping the pairs within every group at once.
+
+    The groups are implementations, not replications: the interval describes seeds
+    (and nothing else) as each group's does.
+
+    >>> round(geometric_mean_ratio([([2.0, 2.0], [1.0, 1.0]), ([1.0, 1.0], [2.0, 2.0])])[0], 6)
+    1.0
+    """
+    pairs = [_pairs(a, b) for a, b in groups]
+    pairs = [(a, b) for a, b in pairs if a.size]
+    if not pairs:
+        return (np.nan, np.nan, np.nan)
+    est = float(np.exp(np.mean([np.log(a.mean() / b.mean()) for a, b in pairs])))
+    if min(a.size for a, _ in pairs) < 2:
+        return (est, np.nan, np.nan)
+    logs = np.mean(
+        [np.log(_ratio_boot(a, b, n_boot, seed + i)) for i, (a, b) in enumerate(pairs)], axis=0
+    )
+    alpha = (1 - level) / 2
+    lo, hi = np.exp(np.quantile(logs, [alpha, 1 - alpha]))
+    return (est, float(lo), float(hi))
+
+
+def two_level_ratio(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    level: float = LEVEL,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Ratio of mean errors of two (seeds, test sequences) matrices paired in both axes,
+    with a CI that resamples seeds and test sequences (each sequence a block) jointly:
+    it covers the uncertainty of which test sequences the data happened to hold, not
+    only of the training seed.
+
+    >>> a = np.full((3, 4), 2.0); b = np.ones((3, 4))
+    >>> two_level_ratio(a, b)
+    (2.0, 2.0, 2.0)
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two (seeds, sequences) matrices; got {a.shape}, {b.shape}")
+    est = float(np.nanmean(a) / np.nanmean(b))
+    rng = np.random.default_rng(seed)
+    n_s, n_q = a.shape
+    si = rng.integers(0, n_s, size=(n_boot, n_s))
+    qi = rng.integers(0, n_q, size=(n_boot, n_q))
+    boots = np.array(
+        [np.nanmean(a[s][:, q]) / np.nanmean(b[s][:, q]) for s, q in zip(si, qi, strict=True)]
+    )
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    return (est, float(lo), float(hi))
+
+
+VERDICTS = ("better", "worse", "equivalent", "not shown")
+
+
+def verdict(p: float, lo: float, hi: float, p_equivalent: float, alpha: float = 0.05) -> str:
+    """ "better" / "worse" than the reference when the (corrected) test ``p`` is below
+    ``alpha`` and the ratio's CI ``[lo, hi]`` lies below / above 1; "equivalent" when
+    the equivalence test's (corrected) ``p_equivalent`` is below ``alpha``; otherwise
+    "not shown" (neither a difference nor its absence is measured).
+
+    >>> verdict(0.001, 0.80, 0.90, 1.0), verdict(0.6, 0.97, 1.03, 0.01), verdict(0.6, 0.8, 1.3, 0.4)
+    ('better', 'equivalent', 'not shown')
+    """
+    if np.isfinite(p) and p < alpha and np.isfinite(hi) and hi < 1:
+        return "better"
+    if np.isfinite(p) and p < alpha and np.isfinite(lo) and lo > 1:
+        return "worse"
+    if np.isfinite(p_equivalent) and p_equivalent < alpha:
+        return "equivalent"
+    return "not shown"

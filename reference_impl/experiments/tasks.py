@@ -19,6 +19,21 @@ Tasks:
   consecutive chunks for truncated backpropagation.
 - ``fixed_start``: the old leaky integrator whose start is 3.0 for every sequence.
 
+The map of regimes (:data:`reference_impl.experiments.MAP_TASKS`):
+
+- ``start_m{mu}_s{s}``: the leaky integrator whose state before the first input is drawn
+  per sequence from N(mu, s^2), both in units of its stationary spread (mu 3, s 0 is
+  ``fixed_start`` up to that unit: 2.5 instead of 3.0).
+- ``length_m{mu}_s{s}_T{T}``: the same with ``T`` steps per sequence.
+- ``elnino_years``: monthly sea surface temperature (statsmodels ``elnino``), one
+  sequence per year from January to December: every sequence starts at the same phase
+  of the seasonal cycle (a shared start).
+- ``co2_years``: weekly CO2 at Mauna Loa, first differences, one 52-week sequence per
+  year from its first week of January (a shared start); ``co2_windows``: the same series
+  and years cut into 52-week windows at random offsets (a variable start).
+  Real series are split by time (train, then validation, then test years) and
+  normalized on the training part.
+
 >>> data = load_task("variable_start", seed=0, budget="quick")
 >>> data.train_x.shape, data.kind, data.washout
 ((64, 20, 1), 'windows', 5)
@@ -202,10 +217,15 @@ def _variable_start(seed: int, budget: str) -> TaskData:
     return _normalized_forecast("variable_start", series, counts, 5, note)
 
 
+_DECAY, _INPUT_SD = 0.8, 0.5
+#: The integrator's stationary state spread: sd of y = decay * y + x, x ~ N(0, 0.5^2).
+STATIONARY_SD = _INPUT_SD / float(np.sqrt(1 - _DECAY**2))
+
+
 def _integrator(
-    rng, n: int, steps: int, start_mean: float, start_sd: float, decay: float = 0.8
+    rng, n: int, steps: int, start_mean: float, start_sd: float, decay: float = _DECAY
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = rng.normal(0.0, 0.5, (n, steps))
+    x = rng.normal(0.0, _INPUT_SD, (n, steps))
     start = start_mean + start_sd * rng.standard_normal(n)
     y = np.empty_like(x)
     prev = start
@@ -215,6 +235,16 @@ def _integrator(
     return x, y, start
 
 
+def map_start(name: str) -> tuple[float, float]:
+    """(mean, spread) of a map task's start, in units of the stationary spread.
+
+    >>> map_start("length_m3_s0_T50")
+    (3.0, 0.0)
+    """
+    parts = name.split("_")
+    return float(parts[1][1:]), float(parts[2][1:])
+
+
 def _integrator_task(name: str, seed: int, budget: str) -> TaskData:
     sizes = budget_settings(budget, name)
     n_tr, n_va, n_te = _split_counts(sizes)
@@ -222,10 +252,15 @@ def _integrator_task(name: str, seed: int, budget: str) -> TaskData:
         start_mean, start_sd = 0.0, 1.0
         note = "each sequence starts from its own random level, forgotten after ~20 steps"
         washout = 10
-    else:
+    elif name == "fixed_start":
         start_mean, start_sd = 3.0, 0.0
         note = "every sequence starts from the same level 3.0 (one vector is optimal)"
         washout = 5
+    else:
+        m, sp = map_start(name)
+        start_mean, start_sd = m * STATIONARY_SD, sp * STATIONARY_SD
+        note = f"each sequence starts from N({m:g}, {sp:g}^2) in units of the stationary spread"
+        washout = min(5, sizes["steps"] - 1)
     n = n_tr + n_va + n_te
     x, y, _ = _integrator(_rng(seed, name), n, sizes["steps"], start_mean, start_sd)
     xm, xs = float(x[:n_tr].mean()), float(x[:n_tr].std())
@@ -236,7 +271,7 @@ def _integrator_task(name: str, seed: int, budget: str) -> TaskData:
     known = np.empty_like(x[n_tr + n_va :])
     prev = np.full(n_te, start_mean)
     for t in range(sizes["steps"]):
-        prev = 0.8 * prev + x[n_tr + n_va :, t]
+        prev = _DECAY * prev + x[n_tr + n_va :, t]
         known[:, t] = prev
     known_n = (known - ym) / ys
     te_y = yn[n_tr + n_va :, :, 0].astype(np.float64)
@@ -290,6 +325,96 @@ def _stream_chunks(seed: int, budget: str) -> TaskData:
     )
 
 
+# ---------------------------------------------------------------------- real, shared start
+
+
+@functools.cache
+def _elnino_years() -> tuple[np.ndarray, np.ndarray]:
+    """(years, (years, 12) monthly temperatures January to December)."""
+    import statsmodels.api as sm
+
+    d = sm.datasets.elnino.load_pandas().data
+    return d["YEAR"].to_numpy().astype(int), d.iloc[:, 1:].to_numpy(np.float64)
+
+
+_CO2_WEEKS = 52  # values per sequence: 51 next-step forecasts
+
+
+@functools.cache
+def _co2_weekly() -> tuple[np.ndarray, np.ndarray]:
+    """(year of each week, weekly first differences of CO2), gaps interpolated in time;
+    the difference at week i is ``co2[i] - co2[i-1]``."""
+    import statsmodels.api as sm
+
+    weekly = sm.datasets.co2.load_pandas().data["co2"].interpolate(method="time").bfill()
+    diff = np.diff(weekly.to_numpy(np.float64))
+    return weekly.index.year.to_numpy()[1:], diff
+
+
+def _year_split(years: np.ndarray) -> dict[str, np.ndarray]:
+    """The distinct years split by time into train, validation and test (70/15/15)."""
+    uniq = np.unique(years)
+    n_tr = int(round(uniq.size * _SPLIT[0]))
+    n_va = int(round(uniq.size * _SPLIT[1]))
+    return {"train": uniq[:n_tr], "val": uniq[n_tr : n_tr + n_va], "test": uniq[n_tr + n_va :]}
+
+
+def _sequences_task(name: str, seqs: dict[str, np.ndarray], note: str, washout: int) -> TaskData:
+    """Next-step forecasting on whole sequences ``(N, T + 1)`` per split, normalized with
+    the training part's mean and std."""
+    mu, sd = float(seqs["train"].mean()), float(seqs["train"].std())
+    parts = {}
+    for k, v in seqs.items():
+        z = (v - mu) / sd
+        parts[k] = (z[:, :-1, None].astype(np.float32), z[:, 1:, None].astype(np.float32))
+    return TaskData(
+        name=name,
+        kind="windows",
+        train_x=parts["train"][0],
+        train_y=parts["train"][1],
+        val_x=parts["val"][0],
+        val_y=parts["val"][1],
+        test_x=parts["test"][0],
+        test_y=parts["test"][1],
+        washout=washout,
+        state_note=note,
+        baselines=_forecast_baselines(*parts["test"]),
+        norm=(mu, sd),
+    )
+
+
+def _elnino_task() -> TaskData:
+    years, temps = _elnino_years()
+    split = _year_split(years)
+    seqs = {k: temps[np.isin(years, v)] for k, v in split.items()}
+    note = "every sequence is one year from January: the same phase of the seasonal cycle"
+    return _sequences_task("elnino_years", seqs, note, washout=3)
+
+
+def _co2_task(name: str) -> TaskData:
+    year, diff = _co2_weekly()
+    uniq, counts = np.unique(year, return_counts=True)
+    split = _year_split(uniq[counts >= _CO2_WEEKS])  # whole years only (not 1958)
+    seqs: dict[str, np.ndarray] = {}
+    # Random offsets are drawn once (a fixed generator): the data are the same for every
+    # seed, like the other real series, so test sequences can be resampled as blocks.
+    rng = np.random.default_rng(20261205)
+    for k, ys in split.items():
+        if name == "co2_years":
+            starts = [np.flatnonzero(year == y)[0] for y in ys]
+        else:
+            lo = np.flatnonzero(year == ys[0])[0]
+            hi = np.flatnonzero(year == ys[-1])[-1] + 1 - _CO2_WEEKS  # the window stays inside
+            starts = np.sort(rng.integers(lo, hi + 1, size=len(ys)))
+        seqs[k] = np.stack([diff[s : s + _CO2_WEEKS] for s in starts])
+    note = (
+        "every sequence starts in the first week of January"
+        if name == "co2_years"
+        else "every window starts at a random week of the year"
+    )
+    return _sequences_task(name, seqs, note, washout=6)
+
+
 def load_task(name: str, *, seed: int, budget: str) -> TaskData:
     """The data of task ``name`` for ``seed`` at ``budget`` (see the module docstring).
 
@@ -297,7 +422,7 @@ def load_task(name: str, *, seed: int, budget: str) -> TaskData:
     Traceback (most recent call last):
     ...
     ValueError: unknown task 'nope'; expected one of ['variable_start', 'sunspots', 'co2', \
-'long_control', 'stream_chunks', 'fixed_start']
+'long_control', 'stream_chunks', 'fixed_start', '...']
     """
     check_task(name)
     check_budget(budget)
@@ -305,8 +430,12 @@ def load_task(name: str, *, seed: int, budget: str) -> TaskData:
         data = _real_series(name, budget)
     elif name == "variable_start":
         data = _variable_start(seed, budget)
-    elif name in ("long_control", "fixed_start"):
+    elif name in ("long_control", "fixed_start") or name.startswith(("start_", "length_")):
         data = _integrator_task(name, seed, budget)
+    elif name == "elnino_years":
+        data = _elnino_task()
+    elif name in ("co2_years", "co2_windows"):
+        data = _co2_task(name)
     else:
         data = _stream_chunks(seed, budget)
     assert data.kind == TASK_KINDS[name]

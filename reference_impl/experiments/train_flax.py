@@ -38,7 +38,7 @@ if "jax" not in sys.modules and os.environ.get("REFERENCE_IMPL_JAX_THREADS", "1"
 
 import functools  # noqa: E402
 import time  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
 
 import flax  # noqa: E402
 import jax  # noqa: E402
@@ -278,13 +278,21 @@ def _predict(
     return np.stack(preds, 1), [np.stack(q, 1) for q in seqs]
 
 
+class _Fit(NamedTuple):
+    """What training reports besides the parameters."""
+
+    val_by_epoch: list[float]
+    best_epoch: int
+    seconds: float
+    checkpoints: list[dict[str, float]]
+    epochs: int
+
+
 def _fit(
     cfg: common.TrialConfig, settings: dict[str, Any], task: Any
-) -> tuple[_Compiled, Any, list[float], int, float]:
-    """Train with early stopping; returns the best validation epoch's parameters.
-
-    Returns the compiled structure, the parameters, the validation MSE of every epoch,
-    the best epoch and the seconds.
+) -> tuple[_Compiled, Any, _Fit]:
+    """Train by :func:`~reference_impl.experiments.common.training_plan`; returns the
+    compiled structure, the best validation checkpoint's parameters, and a :class:`_Fit`.
     """
     batch, hidden = int(settings["batch_size"]), int(settings["hidden"])
     comp = _compiled(cfg.cell, cfg.base_strategy, hidden, float(settings["lr"]), _options(cfg))
@@ -293,22 +301,34 @@ def _fit(
     opt_state = comp.tx.init(params)
     rng = common.batch_rng(cfg.seed)
     chunks, stateful = cfg.kind == "chunks", cfg.strategy == "stateful"
+    plan = common.training_plan(settings, task.train_x.shape[0])
     t0 = time.perf_counter()
     val_by_epoch: list[float] = []
+    checkpoints: list[dict[str, float]] = []
     best, best_epoch, best_params = np.inf, -1, params
-    for epoch in range(int(settings["max_epochs"])):
+    trained = 0
+    for epoch in range(plan.epochs):
+        trained = epoch + 1
         xb, yb, wb = _batches(rng, task.train_x, task.train_y, batch)
         key = jax.random.fold_in(jax.random.fold_in(root, _TRAIN), epoch)
         params, opt_state = comp.epoch(
             params, opt_state, xb, yb, wb, key, chunks=chunks, stateful=stateful
         )
+        if not plan.evaluates(epoch):
+            continue
         val = _val_mse(comp, params, cfg, task, epoch)
         val_by_epoch.append(val)
+        if epoch in plan.checkpoints:
+            test_key = jax.random.fold_in(jax.random.key(cfg.seed), _TEST)
+            pred, _ = _predict(comp, params, cfg, task.test_x, test_key)
+            curve = common.per_step_mse(pred, task.test_y)
+            checkpoints.append(common.checkpoint_record(plan.checkpoints[epoch], val, curve))
         if val < best:
             best, best_epoch, best_params = val, epoch, params
-        elif epoch - best_epoch >= int(settings["patience"]):
+        elif plan.stops(epoch, best_epoch):
             break
-    return comp, best_params, val_by_epoch, best_epoch, time.perf_counter() - t0
+    fit = _Fit(val_by_epoch, best_epoch, time.perf_counter() - t0, checkpoints, trained)
+    return comp, best_params, fit
 
 
 def _val_mse(comp: _Compiled, params: Any, cfg: common.TrialConfig, task: Any, epoch: int) -> float:
@@ -319,7 +339,7 @@ def _val_mse(comp: _Compiled, params: Any, cfg: common.TrialConfig, task: Any, e
 
 
 def _evaluate(
-    comp: _Compiled, params: Any, cfg: common.TrialConfig, task: Any
+    comp: _Compiled, params: Any, cfg: common.TrialConfig, task: Any, per_sequence: bool = False
 ) -> tuple[dict[str, list[float]], list[float]]:
     """The test curve, the perturbed-start curves, and the rms of each state component.
 
@@ -329,6 +349,8 @@ def _evaluate(
     key = jax.random.fold_in(jax.random.key(cfg.seed), _TEST)
     pred, states = _predict(comp, params, cfg, task.test_x, key)
     curves = {"test": common.per_step_mse(pred, task.test_y).tolist()}
+    if per_sequence:
+        curves.update(common.sequence_curves(pred, task.test_y))
     rms = [common.state_rms(s) for s in states]
     start_shape = (*task.test_x.shape[: 1 if cfg.kind == "windows" else 2], comp.hidden)
     for i, scale in enumerate(common.PERTURB_SCALES):
@@ -341,20 +363,21 @@ def _evaluate(
 
 
 def _run(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> dict[str, Any]:
-    comp, params, val_by_epoch, best_epoch, seconds = _fit(cfg, settings, task)
-    curves, rms = _evaluate(comp, params, cfg, task)
-    curves["val_by_epoch"] = val_by_epoch
+    comp, params, fit = _fit(cfg, settings, task)
+    curves, rms = _evaluate(comp, params, cfg, task, settings.get("per_sequence", False))
+    curves["val_by_epoch"] = fit.val_by_epoch
     scalars = {
         **common.summarize(curves),
-        "epochs": len(val_by_epoch),
-        "best_epoch": best_epoch,
-        "train_seconds": seconds,
+        "epochs": fit.epochs,
+        "best_epoch": fit.best_epoch,
+        "train_seconds": fit.seconds,
         "state_rms": rms[0],
     }
     dev = jax.devices()[0]
     return {
         "curves": curves,
         "scalars": scalars,
+        "checkpoints": fit.checkpoints,
         "framework_version": f"flax {flax.__version__} (jax {jax.__version__})",
         "device": "cpu" if dev.platform == "cpu" else dev.device_kind,
     }

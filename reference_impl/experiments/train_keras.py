@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import functools  # noqa: E402
 import time  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -326,37 +326,55 @@ def _val_mse(model: _Model, cfg: common.TrialConfig, task: Any) -> float:
     return float(np.mean(common.per_step_mse(pred, task.val_y)))
 
 
-def _fit(
-    cfg: common.TrialConfig, settings: dict[str, Any], task: Any
-) -> tuple[_Model, list[float], int, float]:
-    """Train with early stopping; the model ends with its best validation epoch's weights.
+class _Fit(NamedTuple):
+    """What training reports besides the weights (which the model ends with)."""
 
-    Returns the model, the validation MSE of every epoch, the best epoch and the seconds.
-    """
+    val_by_epoch: list[float]
+    best_epoch: int
+    seconds: float
+    checkpoints: list[dict[str, float]]
+    epochs: int
+
+
+def _fit(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> tuple[_Model, _Fit]:
+    """Train by :func:`~reference_impl.experiments.common.training_plan`; the model ends
+    with its best validation checkpoint's weights."""
     batch = int(settings["batch_size"])
     model = _model(cfg, settings, task.train_x.shape[-2])
     rng = common.batch_rng(cfg.seed)
+    plan = common.training_plan(settings, task.train_x.shape[0])
     t0 = time.perf_counter()
     val_by_epoch: list[float] = []
+    checkpoints: list[dict[str, float]] = []
     best, best_epoch, best_params = np.inf, -1, model.get_params()
-    for epoch in range(int(settings["max_epochs"])):
+    trained = 0
+    for epoch in range(plan.epochs):
+        trained = epoch + 1
         _train_epoch(model, cfg, task, rng, batch)
+        if not plan.evaluates(epoch):
+            continue
         val = _val_mse(model, cfg, task)
         val_by_epoch.append(val)
+        if epoch in plan.checkpoints:
+            pred, _ = _predict(model, cfg, task.test_x)
+            curve = common.per_step_mse(pred, task.test_y)
+            checkpoints.append(common.checkpoint_record(plan.checkpoints[epoch], val, curve))
         if val < best:
             best, best_epoch, best_params = val, epoch, model.get_params()
-        elif epoch - best_epoch >= int(settings["patience"]):
+        elif plan.stops(epoch, best_epoch):
             break
     model.set_params(best_params)
-    return model, val_by_epoch, best_epoch, time.perf_counter() - t0
+    return model, _Fit(val_by_epoch, best_epoch, time.perf_counter() - t0, checkpoints, trained)
 
 
 def _evaluate(
-    model: _Model, cfg: common.TrialConfig, task: Any
+    model: _Model, cfg: common.TrialConfig, task: Any, per_sequence: bool = False
 ) -> tuple[dict[str, list[float]], list[float]]:
     """The test curve, the perturbed-start curves, and the rms of each state component."""
     pred, states = _predict(model, cfg, task.test_x)
     curves = {"test": common.per_step_mse(pred, task.test_y).tolist()}
+    if per_sequence:
+        curves.update(common.sequence_curves(pred, task.test_y))
     rms = [common.state_rms(s) for s in states]
     start_shape = (*task.test_x.shape[: 1 if cfg.kind == "windows" else 2], model.hidden)
     for i, scale in enumerate(common.PERTURB_SCALES):
@@ -375,19 +393,20 @@ def _device() -> str:
 
 
 def _run(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> dict[str, Any]:
-    model, val_by_epoch, best_epoch, seconds = _fit(cfg, settings, task)
-    curves, rms = _evaluate(model, cfg, task)
-    curves["val_by_epoch"] = val_by_epoch
+    model, fit = _fit(cfg, settings, task)
+    curves, rms = _evaluate(model, cfg, task, settings.get("per_sequence", False))
+    curves["val_by_epoch"] = fit.val_by_epoch
     scalars = {
         **common.summarize(curves),
-        "epochs": len(val_by_epoch),
-        "best_epoch": best_epoch,
-        "train_seconds": seconds,
+        "epochs": fit.epochs,
+        "best_epoch": fit.best_epoch,
+        "train_seconds": fit.seconds,
         "state_rms": rms[0],
     }
     return {
         "curves": curves,
         "scalars": scalars,
+        "checkpoints": fit.checkpoints,
         "framework_version": f"keras {keras.__version__} (tensorflow {tf.__version__})",
         "device": _device(),
     }

@@ -191,9 +191,14 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     cfg = TrialConfig.from_dict(config)
     if cfg.framework != "torch":
         raise ValueError(f"train_torch runs framework 'torch'; got {cfg.framework!r}")
+    return _run(
+        cfg, common.budget_settings(cfg.budget, cfg.task), _data(cfg.task, cfg.seed, cfg.budget)
+    )
+
+
+def _run(cfg: TrialConfig, s: dict[str, Any], data: TaskData) -> dict[str, Any]:
+    """Train and evaluate one trial on ``data`` with the sizes ``s`` (see ``run_trial``)."""
     torch.set_num_threads(1)
-    data = _data(cfg.task, cfg.seed, cfg.budget)
-    s = common.budget_settings(cfg.budget, cfg.task)
     device = _device()
     model = Model(cfg, s["hidden"], data.washout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=s["lr"])
@@ -215,10 +220,19 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
             curve, _ = _window_eval(model, val_x, val_y, first)
             return float(np.nanmean(curve))
 
+    def test_curve() -> np.ndarray:
+        model.eval()
+        curve, _ = _window_eval(model, test_x, test_y, first)
+        return curve
+
     start = time.perf_counter()
     val_by_epoch: list[float] = []
+    checkpoints: list[dict[str, float]] = []
+    plan = common.training_plan(s, train_x.shape[0])
     best, best_epoch, best_state = np.inf, 0, copy.deepcopy(model.state_dict())
-    for epoch in range(s["max_epochs"]):
+    trained = 0
+    for epoch in range(plan.epochs):
+        trained = epoch + 1
         model.train()
         for idx in common.epoch_batches(rng, train_x.shape[0], s["batch_size"]):
             i = torch.from_numpy(idx).to(device)
@@ -228,11 +242,18 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
                 opt.zero_grad()
                 _window_loss(model, train_x[i], train_y[i], first, cfg.strategy).backward()
                 opt.step()
+        if not plan.evaluates(epoch):
+            continue
         v = val_mse()
         val_by_epoch.append(v)
+        if epoch in plan.checkpoints:
+            with torch.no_grad():
+                checkpoints.append(
+                    common.checkpoint_record(plan.checkpoints[epoch], v, test_curve())
+                )
         if v < best:
             best, best_epoch, best_state = v, epoch, copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= s["patience"]:
+        elif plan.stops(epoch, best_epoch):
             break
     train_seconds = time.perf_counter() - start
     model.load_state_dict(best_state)
@@ -257,6 +278,9 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
         else:
             curve, seq = _window_eval(model, test_x, test_y, first)
             curves["test"] = curve.tolist()
+            if s.get("per_sequence"):
+                pred = model(test_x)[0].double().cpu().numpy()
+                curves.update(common.sequence_curves(pred, data.test_y, first))
             own = model.own_start(test_x)
             rms = [float(seq.pow(2).mean().sqrt())]
             if model.lstm:
@@ -271,7 +295,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     curves["val_by_epoch"] = val_by_epoch
     scalars = common.summarize(curves)
     scalars.update(
-        epochs=len(val_by_epoch),
+        epochs=trained,
         best_epoch=best_epoch,
         train_seconds=train_seconds,
         state_rms=rms[0],
@@ -279,6 +303,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "curves": curves,
         "scalars": scalars,
+        "checkpoints": checkpoints,
         "framework_version": f"torch {torch.__version__}",
         "device": device_name(device),
     }
