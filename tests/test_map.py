@@ -286,3 +286,49 @@ def test_two_level_ratio_widens_with_test_sequence_spread():
     seeds_only = stats.ratio_of_means(a.mean(1), b.mean(1))
     assert lo < seeds_only[1] and hi > seeds_only[2]  # wider: the test sample counts too
     assert lo <= est <= hi
+
+
+# ---------------------------------------------------------------------- the map's report
+
+
+def _values(ratios: dict[tuple[str, str], float], n: int = 10, noise: float = 0.01):
+    """Trial values of zero and other strategies for (framework, strategy): ratio."""
+    rng = np.random.default_rng(5)
+    base = rng.lognormal(0, 0.3, n)
+    rows = []
+    for fw in sorted({f for f, _ in ratios}):
+        for seed in range(n):
+            rows.append((fw, "zero", seed, base[seed]))
+        for (f, s), r in ratios.items():
+            if f == fw:
+                for seed in range(n):
+                    rows.append((fw, s, seed, base[seed] * r * (1 + noise * rng.standard_normal())))
+    df = pd.DataFrame(rows, columns=["framework", "strategy", "seed", "value"])
+    return df.assign(task="t", cell="gru", budget="standard")
+
+
+def test_map_compare_gives_verdicts_and_both_corrections():
+    from reference_impl.experiments import report
+
+    v = _values({("torch", "learnable"): 0.5, ("torch", "noisy"): 1.0, ("torch", "xavier"): 3.0})
+    out = report.map_compare(v).set_index("strategy")
+    assert out.loc["learnable", "verdict"] == "better"
+    assert out.loc["noisy", "verdict"] == "equivalent"
+    assert out.loc["xavier", "verdict"] == "worse"
+    assert out.loc["learnable", "ratio"] == pytest.approx(0.5, rel=0.02)
+    np.testing.assert_allclose(out["p_holm"], stats.holm(out["p"]))
+    np.testing.assert_allclose(out["p_fdr"], stats.fdr_bh(out["p"]))
+    assert (out["n"] == 10).all()
+
+
+def test_pooling_agrees_or_says_the_frameworks_disagree():
+    from reference_impl.experiments import report
+
+    v = _values({("torch", "learnable"): 0.5, ("flax", "learnable"): 0.5})
+    pool = report.pool_frameworks(v, report.map_compare(v)).iloc[0]
+    assert pool["agree"] and pool["verdict"] == "better"
+    assert pool["ratio"] == pytest.approx(0.5, rel=0.02) and pool["frameworks"] == "flax, torch"
+    v = _values({("torch", "learnable"): 0.5, ("flax", "learnable"): 2.0})
+    pool = report.pool_frameworks(v, report.map_compare(v)).iloc[0]
+    assert not pool["agree"] and pool["verdict"] == "frameworks disagree"
+    assert pool["ratio"] == pytest.approx(1.0, rel=0.02)  # geometric mean of 0.5 and 2

@@ -156,3 +156,123 @@ __all__ = [
     "ratio_ci",
     "values",
 ]
+
+
+# ---------------------------------------------------------------------- the map of regimes
+
+#: The equivalence margin of every "no difference" the book states: +-5% of zero's error.
+MARGIN = 0.05
+
+
+def map_values(df: pd.DataFrame, metric: str, updates: int = -1) -> pd.DataFrame:
+    """One value per trial: the scalar ``metric`` of the final model (``updates`` -1)
+    or at the checkpoint of ``updates`` optimizer updates."""
+    df = check_table(df)
+    sub = df[(df["metric"] == metric) & (df["step"] == -1) & (df["updates"] == updates)]
+    return sub[list(KEY_COLUMNS) + ["value"]].astype({"strategy": str}).reset_index(drop=True)
+
+
+def checkpoints(df: pd.DataFrame, task: str) -> list[int]:
+    """The checkpoints (optimizer updates) recorded for ``task``, in order."""
+    df = check_table(df)
+    sub = df[(df["task"] == task) & (df["updates"] >= 0)]
+    return sorted(int(u) for u in sub["updates"].unique())
+
+
+def map_compare(
+    values_: pd.DataFrame,
+    reference: str = "zero",
+    *,
+    margin: float = MARGIN,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Every strategy against ``reference`` per (task, framework, cell), paired by seed.
+
+    One row each: ``n`` pairs, ``ratio`` (ratio of mean errors) with its 95% bootstrap
+    CI ``lo``/``hi``, ``p`` (Wilcoxon signed-rank), ``p_equiv`` (:func:`stats.tost`
+    within ``margin`` of the reference's mean error), each corrected two ways: Holm
+    within a (task, framework, cell) family (``p_holm``, ``p_equiv_holm``) and
+    Benjamini-Hochberg over every comparison of the table (``p_fdr``, ``p_equiv_fdr``),
+    and the ``verdict`` (:func:`stats.verdict`) from the Holm-corrected values.
+    """
+    rows = []
+    for keys, g in values_.groupby(list(GROUP), observed=True, sort=True):
+        table = g.pivot_table(index="seed", columns="strategy", values="value")
+        if reference not in table:
+            continue
+        for s in table.columns:
+            if s == reference:
+                continue
+            both = table[[s, reference]].dropna()
+            a, b = both[s].to_numpy(), both[reference].to_numpy()
+            est, lo, hi = stats.ratio_of_means(a, b)
+            rows.append(
+                {
+                    **dict(zip(GROUP, keys, strict=True)),
+                    "strategy": s,
+                    "n": int(a.size),
+                    "ratio": est,
+                    "lo": lo,
+                    "hi": hi,
+                    "p": stats.paired_test(a, b),
+                    "p_equiv": stats.tost(a, b, margin) if a.size > 1 else np.nan,
+                }
+            )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    fam = out.groupby(list(GROUP), sort=False)
+    out["p_holm"] = fam["p"].transform(lambda p: stats.holm(p.to_numpy()))
+    out["p_equiv_holm"] = fam["p_equiv"].transform(lambda p: stats.holm(p.to_numpy()))
+    out["p_fdr"] = stats.fdr_bh(out["p"].to_numpy())
+    out["p_equiv_fdr"] = stats.fdr_bh(out["p_equiv"].to_numpy())
+    out["verdict"] = [
+        stats.verdict(r.p_holm, r.lo, r.hi, r.p_equiv_holm, alpha) for r in out.itertuples()
+    ]
+    return out
+
+
+def pool_frameworks(
+    values_: pd.DataFrame, comparison: pd.DataFrame, reference: str = "zero"
+) -> pd.DataFrame:
+    """Per (task, cell, strategy): the frameworks' ratios pooled as a geometric mean with
+    a bootstrap CI (:func:`stats.geometric_mean_ratio`), the frameworks it pools, and
+    whether their verdicts agree (``agree``; ``verdict`` is the common one, else
+    "frameworks disagree")."""
+    rows = []
+    for (task, cell, s), g in comparison.groupby(["task", "cell", "strategy"], sort=True):
+        groups = []
+        for f in sorted(g["framework"]):
+            v = values_[
+                (values_["task"] == task) & (values_["framework"] == f) & (values_["cell"] == cell)
+            ]
+            t = v.pivot_table(index="seed", columns="strategy", values="value")
+            both = t[[s, reference]].dropna()
+            groups.append((both[s].to_numpy(), both[reference].to_numpy()))
+        est, lo, hi = stats.geometric_mean_ratio(groups)
+        verdicts = set(g["verdict"])
+        rows.append(
+            {
+                "task": task,
+                "cell": cell,
+                "strategy": s,
+                "frameworks": ", ".join(sorted(g["framework"])),
+                "ratio": est,
+                "lo": lo,
+                "hi": hi,
+                "agree": len(verdicts) == 1,
+                "verdict": verdicts.pop() if len(verdicts) == 1 else "frameworks disagree",
+                "n_better": int((g["verdict"] == "better").sum()),
+                "n_worse": int((g["verdict"] == "worse").sum()),
+                "n": len(g),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def sequence_matrix(
+    df: pd.DataFrame, task: str, framework: str, cell: str, strategy: str, metric: str
+) -> np.ndarray:
+    """The per-test-sequence errors (``seq_first`` or ``seq_all``) of a cell as a
+    (seeds, sequences) matrix, for :func:`stats.two_level_ratio`."""
+    return curves(df, task, framework, cell, strategy, metric=metric)
