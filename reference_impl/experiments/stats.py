@@ -110,16 +110,19 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     The i-th smallest of m p-values is multiplied by m - i (i from 0), then a running
     maximum keeps the order, and values are capped at 1.
     """
-    p = np.asarray(pvalues, np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
-    out[order] = adjusted
+    p, out, order = _ranked(pvalues)
+    m = order.size
+    if m:
+        out[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
     return out
+
+
+def _ranked(pvalues: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The p-values as floats, an all-NaN output of their shape, and the indices of the
+    finite ones from the smallest p-value to the largest (ties in the given order)."""
+    p = np.asarray(pvalues, np.float64)
+    ok = np.flatnonzero(np.isfinite(p))
+    return p, np.full(p.shape, np.nan), ok[np.argsort(p[ok], kind="stable")]
 
 
 def rank_biserial(a: Sequence[float], b: Sequence[float]) -> float:
@@ -216,16 +219,11 @@ def fdr_bh(pvalues: Sequence[float]) -> np.ndarray:
     >>> fdr_bh([0.01, 0.04, 0.03, 0.005]).round(3).tolist()
     [0.02, 0.04, 0.04, 0.02]
     """
-    p = np.asarray(pvalues, np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    scaled = p[order] * m / np.arange(1, m + 1)
-    adjusted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-    out[order] = adjusted
+    p, out, order = _ranked(pvalues)
+    m = order.size
+    if m:
+        scaled = p[order] * m / np.arange(1, m + 1)
+        out[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
     return out
 
 

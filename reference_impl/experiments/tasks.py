@@ -135,6 +135,19 @@ def _real_series(name: str, budget: str) -> TaskData:
         "sunspots": "the solar cycle's phase and amplitude before the window are unknown",
         "co2": "the seasonal phase and the recent growth before the window are unknown",
     }[name]
+    washout = 6 if name == "co2" else 5
+    return _from_parts(name, parts, washout, note, (mu, sd), spans=spans)
+
+
+def _from_parts(
+    name: str,
+    parts: dict[str, tuple[np.ndarray, np.ndarray]],
+    washout: int,
+    note: str,
+    norm: tuple[float, float],
+    **fields,
+) -> TaskData:
+    """A "windows" task from its (x, y) arrays per split, naive baselines on the test part."""
     return TaskData(
         name=name,
         kind="windows",
@@ -144,11 +157,11 @@ def _real_series(name: str, budget: str) -> TaskData:
         val_y=parts["val"][1],
         test_x=parts["test"][0],
         test_y=parts["test"][1],
-        washout=6 if name == "co2" else 5,
+        washout=washout,
         state_note=note,
         baselines=_forecast_baselines(*parts["test"]),
-        norm=(mu, sd),
-        spans=spans,
+        norm=norm,
+        **fields,
     )
 
 
@@ -367,20 +380,7 @@ def _sequences_task(name: str, seqs: dict[str, np.ndarray], note: str, washout: 
     for k, v in seqs.items():
         z = (v - mu) / sd
         parts[k] = (z[:, :-1, None].astype(np.float32), z[:, 1:, None].astype(np.float32))
-    return TaskData(
-        name=name,
-        kind="windows",
-        train_x=parts["train"][0],
-        train_y=parts["train"][1],
-        val_x=parts["val"][0],
-        val_y=parts["val"][1],
-        test_x=parts["test"][0],
-        test_y=parts["test"][1],
-        washout=washout,
-        state_note=note,
-        baselines=_forecast_baselines(*parts["test"]),
-        norm=(mu, sd),
-    )
+    return _from_parts(name, parts, washout, note, (mu, sd))
 
 
 def _elnino_task() -> TaskData:
