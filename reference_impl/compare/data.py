@@ -431,7 +431,7 @@ def load(data: Any, *arrays: Any, **options: Any) -> Dataset:
         return data
     frame_keys = ("target", "length", "stride", "inputs", "horizon", "series", "time")
     if isinstance(data, (pd.DataFrame, str, os.PathLike)):
-        if arrays:
+        if any(a is not None for a in arrays):
             raise TypeError("a DataFrame or CSV file comes alone; the parts are cut by time")
         if options.get("target") is None or options.get("length") is None:
             raise ValueError(
@@ -447,7 +447,7 @@ def load(data: Any, *arrays: Any, **options: Any) -> Dataset:
     if given:
         raise TypeError(f"{given} apply to a DataFrame or CSV file, not to arrays")
     opts = {k: v for k, v in options.items() if k not in frame_keys}
-    return from_arrays(data, *arrays, **opts)
+    return from_arrays(data, *arrays, **opts)  # parts not given are None
 
 
 __all__ = [

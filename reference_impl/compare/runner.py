@@ -34,11 +34,11 @@ FRAMEWORK_NEEDS: dict[str, tuple[tuple[str, ...], str, str]] = {
 SETTING_KEYS = ("hidden", "batch_size", "lr", "max_epochs", "patience", "loss_steps")
 
 
-def check_installed(framework: str, find_spec: Callable = importlib.util.find_spec) -> None:
+def check_installed(framework: str) -> None:
     """Raise ModuleNotFoundError naming the extra when ``framework`` is not installed."""
     modules, what, extra = FRAMEWORK_NEEDS[framework]
     for module in modules:
-        if find_spec(module) is None:
+        if importlib.util.find_spec(module) is None:
             raise ModuleNotFoundError(
                 f"framework {framework!r} needs {what}: module {module!r} is not installed. "
                 f"Install it with: pip install {extra}",
