@@ -142,11 +142,16 @@ class Report:
             return out
         out["p_holm"] = stats.holm(out["p"].to_numpy())
         out["p_equivalent_holm"] = stats.holm(out["p_equivalent"].to_numpy())
-        out["verdict"] = [
-            stats.verdict(r.p_holm, r.ratio_lo, r.ratio_hi, r.p_equivalent_holm, self.alpha)
-            for r in out.itertuples()
-        ]
+        out["verdict"] = [self._verdict(r) for r in out.itertuples()]
         return out
+
+    def _verdict(self, r: Any) -> str:
+        """The grid's verdict, except that a difference shown to lie inside the margin is
+        "equivalent": the margin is what the reader declared negligible (a smaller
+        difference that the test also detects is named in :meth:`sentence`)."""
+        if np.isfinite(r.p_equivalent_holm) and r.p_equivalent_holm < self.alpha:
+            return "equivalent"
+        return stats.verdict(r.p_holm, r.ratio_lo, r.ratio_hi, r.p_equivalent_holm, self.alpha)
 
     def table(self, per_step: bool = False) -> pd.DataFrame:
         """One row per strategy (the reference first): its mean error over the counted
@@ -209,9 +214,18 @@ class Report:
                 f"[{_pct(r.ratio_lo)}, {_pct(r.ratio_hi)}] ({ci}, Holm p = {_p(r.p_holm)}, {n})"
             )
         if r.verdict == "equivalent":
+            small = ""
+            if r.p_holm < self.alpha and (r.ratio_hi < 1 or r.ratio_lo > 1):
+                lower = r.ratio_hi < 1
+                a, b = (r.ratio_hi, r.ratio_lo) if lower else (r.ratio_lo, r.ratio_hi)
+                small = (
+                    f"; a smaller difference is shown: {_pct(r.ratio)} "
+                    f"{'lower' if lower else 'higher'} [{_pct(a)}, {_pct(b)}], Holm p = "
+                    f"{_p(r.p_holm)}"
+                )
             return (
                 f"{strategy} is equivalent to {ref} on {where} within {m} of {ref}'s error "
-                f"({ci}, equivalence p = {_p(r.p_equivalent_holm)}, {n})"
+                f"({ci}, equivalence p = {_p(r.p_equivalent_holm)}, {n}{small})"
             )
         return (
             f"{strategy} vs {ref} on {where}: not shown, neither a difference (Holm p = "
