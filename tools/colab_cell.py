@@ -65,6 +65,7 @@ EXTRA_OF_PACKAGE_MODULE = {
     "reference_impl.tensorflow": "tensorflow",
     "reference_impl.flax": "flax",
     "reference_impl.experiments": "experiments",
+    "reference_impl.compare": "experiments",
 }
 
 

@@ -58,6 +58,9 @@ VARIANT_BASE: dict[str, str] = {
     **{name: "noisy" for name in NOISE_SWEEP},
 }
 
+#: The task name (before ``:<fingerprint>``) and budget of a trial on a reader's data.
+CUSTOM_TASK = "custom"
+
 REQUIRED_KEYS = ("task", "framework", "cell", "strategy", "seed", "budget")
 
 
@@ -133,9 +136,37 @@ class TrialConfig:
             budget=check_budget(config["budget"]),
         )
 
+    @classmethod
+    def custom(
+        cls, fingerprint: str, framework: str, cell: str, strategy: str, seed: int
+    ) -> TrialConfig:
+        """A trial on a reader's own data (``reference_impl.compare``): the task is
+        ``custom:<fingerprint>`` (windows; the data travel beside the config) and the
+        budget ``custom`` (the sizes are the caller's).
+
+        >>> TrialConfig.custom("ab12", "torch", "gru", "learnable", 0).key
+        'custom:ab12/torch/gru/learnable/0/custom'
+        """
+        if strategy not in STRATEGY_OPTIONS:
+            check_strategy(strategy)
+            raise ValueError(f"strategy {strategy!r} runs on the suite's own tasks only")
+        seed_ok = not isinstance(seed, bool) and isinstance(seed, (int, np.integer))
+        if not seed_ok or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        return cls(
+            task=f"{CUSTOM_TASK}:{fingerprint}",
+            framework=check_framework(framework),
+            cell=_check_name("cell", cell, CELLS),
+            strategy=strategy,
+            seed=int(seed),
+            budget=CUSTOM_TASK,
+        )
+
     @property
     def kind(self) -> str:
-        """ "windows" or "chunks"."""
+        """ "windows" or "chunks" (a reader's own data: windows)."""
+        if self.task.startswith(f"{CUSTOM_TASK}:"):
+            return "windows"
         return TASK_KINDS[self.task]
 
     @property
@@ -383,6 +414,41 @@ def per_step_mse(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     if p.ndim == 4:
         return ((p - t) ** 2).mean(axis=(0, 1, 3))
     raise ValueError(f"expected (N, T, 1) or (S, C, L, 1) arrays; got {p.shape}")
+
+
+def per_step_error(prediction: np.ndarray, target: np.ndarray, classes: int = 0) -> np.ndarray:
+    """Error per time step of "windows" arrays: the MSE (``classes`` 0, as
+    :func:`per_step_mse`) or, for ``classes`` C > 0, the cross-entropy of the logits
+    ``prediction`` ``(N, T, C)`` against the class indices ``target`` ``(N, T, 1)``.
+
+    >>> per_step_error(np.zeros((1, 2, 2)), np.zeros((1, 2, 1)), classes=2).round(4).tolist()
+    [0.6931, 0.6931]
+    """
+    if not classes:
+        return per_step_mse(prediction, target)
+    logits = np.asarray(prediction, np.float64)
+    labels = np.asarray(target)[..., 0].astype(np.int64)
+    if logits.ndim != 3 or logits.shape[:2] != labels.shape or logits.shape[-1] != classes:
+        raise ValueError(
+            f"expected logits (N, T, {classes}) and labels (N, T, 1); got {logits.shape}, "
+            f"{np.shape(target)}"
+        )
+    top = logits.max(axis=-1, keepdims=True)
+    log_z = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
+    picked = np.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return (log_z - picked).mean(axis=0)
+
+
+def window_mean(curve: Any, steps: tuple[int, int] | None) -> float:
+    """Mean of a per-step curve over the half-open step range ``steps`` (None: all steps).
+
+    >>> window_mean([1.0, 2.0, 3.0], (1, 3))
+    2.5
+    """
+    c = np.asarray(curve, np.float64)
+    if steps is not None:
+        c = c[steps[0] : steps[1]]
+    return float(np.nanmean(c))
 
 
 def summarize(curves: dict[str, list[float]]) -> dict[str, float]:

@@ -72,6 +72,12 @@ class TaskData:
     norm: tuple[float, float] = (0.0, 1.0)
     #: For real series: the half-open index range of the series each split uses.
     spans: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    #: 0: regression (MSE per step). C > 0: classification into C classes per step, the
+    #: targets ``y`` holding class indices (float32 ``(N, T, 1)``), the loss cross-entropy.
+    classes: int = 0
+    #: The half-open range of steps the training loss and the validation error count
+    #: (``None``: every step; the suite's tasks).
+    loss_steps: tuple[int, int] | None = None
 
     @property
     def steps(self) -> int:

@@ -69,6 +69,7 @@ class _Net(nn.Module):
     strategy: str
     hidden: int
     options: tuple = ()
+    outputs: int = 1
 
     @nn.compact
     def __call__(
@@ -80,7 +81,7 @@ class _Net(nn.Module):
         carry, seq = rnn(
             x, initial_carry=initial_carry, return_carry=True, deterministic=deterministic
         )
-        return nn.Dense(1, name="head")(seq), seq, carry
+        return nn.Dense(self.outputs, name="head")(seq), seq, carry
 
 
 def _options(cfg: common.TrialConfig) -> tuple:
@@ -91,16 +92,29 @@ def _options(cfg: common.TrialConfig) -> tuple:
 class _Compiled:
     """The compiled functions of one structure; trials pass their seed's data in."""
 
-    def __init__(self, kind: str, strategy: str, hidden: int, lr: float, options: tuple):
+    def __init__(
+        self,
+        kind: str,
+        strategy: str,
+        hidden: int,
+        lr: float,
+        options: tuple,
+        inputs: int = 1,
+        outputs: int = 1,
+        classes: int = 0,
+        loss_steps: tuple[int, int] | None = None,
+    ):
         self.kind, self.strategy, self.hidden = kind, strategy, hidden
-        self.net = _Net(kind, strategy, hidden, options)
+        self.inputs, self.outputs = inputs, outputs
+        self.classes, self.loss_steps = classes, loss_steps
+        self.net = _Net(kind, strategy, hidden, options, outputs)
         self.state = ri.InitialState(strategy, cell=kind, features=hidden, **dict(options))
         self.tx = optax.adam(lr)
         self.epoch = jax.jit(self._epoch, static_argnames=("chunks", "stateful"))
         self.forward = jax.jit(self._forward)
         self.start = jax.jit(self._start, static_argnums=1)
         self.memory = jax.jit(self._memory)
-        x = jax.ShapeDtypeStruct((1, 1, 1), jnp.float32)
+        x = jax.ShapeDtypeStruct((1, 1, inputs), jnp.float32)
         # What the wrapped model's init makes, in shapes only (nothing is computed).
         self.expected = jax.eval_shape(self.net.init, jax.random.key(0), x)["params"]
 
@@ -115,7 +129,17 @@ class _Compiled:
             deterministic=False,
             rngs={ri.INITIAL_STATE_RNG: k1, ri.NOISE_RNG: k2},
         )
-        per_row = jnp.mean((pred - y) ** 2, axis=(1, 2))
+        if self.classes or self.loss_steps is not None:
+            if self.classes:
+                labels = y[..., 0].astype(jnp.int32)
+                err = optax.softmax_cross_entropy_with_integer_labels(pred, labels)
+            else:
+                err = jnp.mean((pred - y) ** 2, axis=2)
+            if self.loss_steps is not None:
+                err = err[:, self.loss_steps[0] : self.loss_steps[1]]
+            per_row = jnp.mean(err, axis=1)
+        else:
+            per_row = jnp.mean((pred - y) ** 2, axis=(1, 2))
         return jnp.sum(w * per_row) / jnp.sum(w), final
 
     def _step(self, params, opt_state, x, y, w, key, carry):
@@ -190,8 +214,11 @@ class _Compiled:
         root = jax.random.key(seed)
         cell = _cell(self.kind, self.hidden)
         carry = cell.initialize_carry(jax.random.key(0), (1, 1))
-        cell_params = cell.init(jax.random.fold_in(root, _CELL), carry, jnp.zeros((1, 1)))
-        head = nn.Dense(1).init(jax.random.fold_in(root, _HEAD), jnp.zeros((1, self.hidden)))
+        x = jnp.zeros((1, self.inputs))
+        cell_params = cell.init(jax.random.fold_in(root, _CELL), carry, x)
+        head = nn.Dense(self.outputs).init(
+            jax.random.fold_in(root, _HEAD), jnp.zeros((1, self.hidden))
+        )
         rnn = {"rnn": {"cell": cell_params["params"]}}
         state = self.state.init(jax.random.fold_in(root, _PARAMS), (1,))
         if "params" in state:
@@ -205,8 +232,20 @@ class _Compiled:
 
 
 @functools.cache
-def _compiled(kind: str, strategy: str, hidden: int, lr: float, options: tuple) -> _Compiled:
-    return _Compiled(kind, strategy, hidden, lr, options)
+def _compiled(
+    kind: str, strategy: str, hidden: int, lr: float, options: tuple, *shapes: Any
+) -> _Compiled:
+    return _Compiled(kind, strategy, hidden, lr, options, *shapes)
+
+
+def _shapes(task: Any) -> tuple:
+    """What a reader's data changes in the structure (nothing for the suite's tasks):
+    input features, outputs of the read-out, classes, the steps the loss counts."""
+    n_in, n_y = task.train_x.shape[-1], task.train_y.shape[-1]
+    if n_in == 1 and n_y == 1 and not task.classes and task.loss_steps is None:
+        return ()
+    loss_steps = None if task.loss_steps is None else tuple(task.loss_steps)
+    return (n_in, task.classes or n_y, task.classes, loss_steps)
 
 
 def _components(carry: Any, kind: str) -> list[Any]:
@@ -251,7 +290,7 @@ def _predict(
     hidden = comp.hidden
     if cfg.kind == "windows" or cfg.strategy != "stateful":
         shape = x.shape
-        flat = x.reshape(-1, shape[-2], 1)
+        flat = x.reshape(-1, shape[-2], shape[-1])
         starts = _components(comp.start(params, flat.shape[0], key), comp.kind)
         if noise is not None:
             starts = [s + n.reshape(-1, hidden) for s, n in zip(starts, noise, strict=True)]
@@ -260,7 +299,10 @@ def _predict(
         states = [np.asarray(seq)]
         if comp.kind == "lstm":
             states.append(np.asarray(comp.memory(params, flat, carry)))
-        return np.asarray(pred).reshape(shape), [s.reshape(*shape[:-1], hidden) for s in states]
+        pred = np.asarray(pred)
+        return pred.reshape(*shape[:-1], pred.shape[-1]), [
+            s.reshape(*shape[:-1], hidden) for s in states
+        ]
     s, c = x.shape[:2]
     preds, seqs = [], [[] for _ in range(2 if comp.kind == "lstm" else 1)]
     carried = _components(comp._zeros(s), comp.kind)
@@ -295,7 +337,9 @@ def _fit(
     compiled structure, the best validation checkpoint's parameters, and a :class:`_Fit`.
     """
     batch, hidden = int(settings["batch_size"]), int(settings["hidden"])
-    comp = _compiled(cfg.cell, cfg.base_strategy, hidden, float(settings["lr"]), _options(cfg))
+    comp = _compiled(
+        cfg.cell, cfg.base_strategy, hidden, float(settings["lr"]), _options(cfg), *_shapes(task)
+    )
     root = jax.random.key(cfg.seed)
     params = comp.init_params(cfg.seed)
     opt_state = comp.tx.init(params)
@@ -321,7 +365,7 @@ def _fit(
         if epoch in plan.checkpoints:
             test_key = jax.random.fold_in(jax.random.key(cfg.seed), _TEST)
             pred, _ = _predict(comp, params, cfg, task.test_x, test_key)
-            curve = common.per_step_mse(pred, task.test_y)
+            curve = common.per_step_error(pred, task.test_y, task.classes)
             checkpoints.append(common.checkpoint_record(plan.checkpoints[epoch], val, curve))
         if val < best:
             best, best_epoch, best_params = val, epoch, params
@@ -335,6 +379,9 @@ def _val_mse(comp: _Compiled, params: Any, cfg: common.TrialConfig, task: Any, e
     """Validation MSE (all steps); uniform/xavier draw a fresh start every epoch."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), _VAL), epoch)
     pred, _ = _predict(comp, params, cfg, task.val_x, key)
+    if task.classes or task.loss_steps is not None:
+        curve = common.per_step_error(pred, task.val_y, task.classes)
+        return common.window_mean(curve, task.loss_steps)
     return float(np.mean(common.per_step_mse(pred, task.val_y)))
 
 
@@ -348,7 +395,7 @@ def _evaluate(
     """
     key = jax.random.fold_in(jax.random.key(cfg.seed), _TEST)
     pred, states = _predict(comp, params, cfg, task.test_x, key)
-    curves = {"test": common.per_step_mse(pred, task.test_y).tolist()}
+    curves = {"test": common.per_step_error(pred, task.test_y, task.classes).tolist()}
     if per_sequence:
         curves.update(common.sequence_curves(pred, task.test_y))
     rms = [common.state_rms(s) for s in states]
@@ -358,7 +405,7 @@ def _evaluate(
         base = common.perturb_noise(cfg.seed, i, start_shape)
         noise = [np.float32(scale * r) * base for r in rms]
         p, _ = _predict(comp, params, cfg, task.test_x, key, noise)
-        curves[f"perturbed@{scale}"] = common.per_step_mse(p, task.test_y).tolist()
+        curves[f"perturbed@{scale}"] = common.per_step_error(p, task.test_y, task.classes).tolist()
     return curves, rms
 
 

@@ -69,11 +69,13 @@ def _layer(cell: str, hidden: int) -> keras.layers.Layer:
     return cls(hidden, return_sequences=True, return_state=True)
 
 
-def _bare_weights(cell: str, hidden: int, seed: int) -> list[np.ndarray]:
+def _bare_weights(
+    cell: str, hidden: int, seed: int, inputs: int = 1, outputs: int = 1
+) -> list[np.ndarray]:
     """The recurrent and read-out weights a trial starts from: a function of the seed only."""
     keras.utils.set_random_seed(seed)
-    layer, head = _layer(cell, hidden), keras.layers.Dense(1)
-    layer.build((None, None, 1))
+    layer, head = _layer(cell, hidden), keras.layers.Dense(outputs)
+    layer.build((None, None, inputs))
     head.build((None, None, hidden))
     return [keras.ops.convert_to_numpy(v) for v in layer.trainable_weights + head.trainable_weights]
 
@@ -82,13 +84,25 @@ class _Model:
     """One compiled model for a structure; trials reuse it with their own weights."""
 
     def __init__(
-        self, cell: str, strategy: str, hidden: int, lr: float, batch: int, steps: int
+        self,
+        cell: str,
+        strategy: str,
+        hidden: int,
+        lr: float,
+        batch: int,
+        steps: int,
+        inputs: int = 1,
+        targets: int = 1,
+        classes: int = 0,
+        loss_steps: tuple[int, int] | None = None,
     ) -> None:
         self.cell, self.strategy, self.hidden = cell, strategy, hidden
+        self.inputs, self.outputs = inputs, classes or targets
+        self.classes, self.loss_steps = classes, loss_steps
         self.components = 2 if cell == "lstm" else 1
         self.layer = _layer(cell, hidden)
-        self.head = keras.layers.Dense(1)
-        self.layer.build((None, steps, 1))
+        self.head = keras.layers.Dense(self.outputs)
+        self.layer.build((None, steps, inputs))
         self.head.build((None, steps, hidden))
         # Options here are placeholders: every trial assigns its own variables.
         self.rnn = ri.InitialStateRNN(
@@ -100,16 +114,17 @@ class _Model:
         self.optimizer = keras.optimizers.Adam(lr, epsilon=1e-8)
         self.optimizer.build(self.trainable)
         self.states_spec = [tf.TensorSpec((batch, hidden), tf.float32)] * self.components
-        x_spec = tf.TensorSpec((batch, steps, 1), tf.float32)
+        x_spec = tf.TensorSpec((batch, steps, inputs), tf.float32)
+        y_spec = tf.TensorSpec((batch, steps, targets), tf.float32)
         w_spec = tf.TensorSpec((batch,), tf.float32)
         self.train_step = tf.function(
-            self._train_step, input_signature=[x_spec, x_spec, w_spec], reduce_retracing=True
+            self._train_step, input_signature=[x_spec, y_spec, w_spec], reduce_retracing=True
         )
         self.train_step_from = tf.function(
             self._train_step_from,
-            input_signature=[x_spec, x_spec, w_spec, self.states_spec],
+            input_signature=[x_spec, y_spec, w_spec, self.states_spec],
         )
-        any_x = tf.TensorSpec((None, None, 1), tf.float32)
+        any_x = tf.TensorSpec((None, None, inputs), tf.float32)
         any_states = [tf.TensorSpec((None, hidden), tf.float32)] * self.components
         self.forward = tf.function(self._forward, input_signature=[any_x, any_states])
         self.memory = None
@@ -120,6 +135,16 @@ class _Model:
     # ------------------------------------------------------------------ compiled parts
 
     def _loss(self, pred: Any, y: Any, w: Any) -> Any:
+        if self.classes or self.loss_steps is not None:
+            if self.classes:
+                labels = tf.cast(y[..., 0], tf.int32)
+                err = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, pred)
+            else:
+                err = tf.reduce_mean(tf.square(pred - y), axis=2)
+            if self.loss_steps is not None:
+                err = err[:, self.loss_steps[0] : self.loss_steps[1]]
+            per_row = tf.reduce_mean(err, axis=1)
+            return tf.reduce_sum(w * per_row) / tf.reduce_sum(w)
         per_row = tf.reduce_mean(tf.square(pred - y), axis=[1, 2])
         return tf.reduce_sum(w * per_row) / tf.reduce_sum(w)
 
@@ -151,14 +176,13 @@ class _Model:
 
     def reset(self, cfg: common.TrialConfig) -> None:
         """Give the model the trial's initial weights, a fresh optimizer and strategy."""
-        for var, value in zip(
-            self.bare, _bare_weights(self.cell, self.hidden, cfg.seed), strict=True
-        ):
+        bare = _bare_weights(self.cell, self.hidden, cfg.seed, self.inputs, self.outputs)
+        for var, value in zip(self.bare, bare, strict=True):
             var.assign(value)
         # A fresh wrapper with the trial's options holds the strategy's initial
         # variables (h0, c0, sigma, the seed generator's state); copy them over.
         fresh_layer = _layer(self.cell, self.hidden)
-        fresh_layer.build((None, None, 1))
+        fresh_layer.build((None, None, self.inputs))
         fresh = ri.InitialStateRNN(fresh_layer, strategy=self.strategy, **cfg.strategy_options())
         for var, value in zip(
             self.rnn.initial_state.variables, fresh.initial_state.variables, strict=True
@@ -219,7 +243,18 @@ _MODELS: dict[tuple, _Model] = {}
 _TEST_STREAM = 7919  # offset of the seed of the test set's start draws
 
 
-def _model(cfg: common.TrialConfig, settings: dict[str, Any], steps: int) -> _Model:
+def _model(
+    cfg: common.TrialConfig, settings: dict[str, Any], steps: int, task: Any = None
+) -> _Model:
+    shapes: tuple = ()
+    if task is not None and (
+        task.train_x.shape[-1] != 1
+        or task.train_y.shape[-1] != 1
+        or task.classes
+        or task.loss_steps is not None
+    ):
+        loss_steps = None if task.loss_steps is None else tuple(task.loss_steps)
+        shapes = (task.train_x.shape[-1], task.train_y.shape[-1], task.classes, loss_steps)
     key = (
         cfg.cell,
         cfg.base_strategy,
@@ -227,6 +262,7 @@ def _model(cfg: common.TrialConfig, settings: dict[str, Any], steps: int) -> _Mo
         settings["lr"],
         settings["batch_size"],
         steps,
+        *shapes,
     )
     if key not in _MODELS:
         _MODELS[key] = _Model(cfg.cell, cfg.base_strategy, *key[2:])
@@ -323,6 +359,9 @@ _WINDOWS = _Windows()
 
 def _val_mse(model: _Model, cfg: common.TrialConfig, task: Any) -> float:
     pred, _ = _predict(model, cfg, task.val_x, fixed=False)
+    if task.classes or task.loss_steps is not None:
+        curve = common.per_step_error(pred, task.val_y, task.classes)
+        return common.window_mean(curve, task.loss_steps)
     return float(np.mean(common.per_step_mse(pred, task.val_y)))
 
 
@@ -340,7 +379,7 @@ def _fit(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> tuple[
     """Train by :func:`~reference_impl.experiments.common.training_plan`; the model ends
     with its best validation checkpoint's weights."""
     batch = int(settings["batch_size"])
-    model = _model(cfg, settings, task.train_x.shape[-2])
+    model = _model(cfg, settings, task.train_x.shape[-2], task)
     rng = common.batch_rng(cfg.seed)
     plan = common.training_plan(settings, task.train_x.shape[0])
     t0 = time.perf_counter()
@@ -357,7 +396,7 @@ def _fit(cfg: common.TrialConfig, settings: dict[str, Any], task: Any) -> tuple[
         val_by_epoch.append(val)
         if epoch in plan.checkpoints:
             pred, _ = _predict(model, cfg, task.test_x)
-            curve = common.per_step_mse(pred, task.test_y)
+            curve = common.per_step_error(pred, task.test_y, task.classes)
             checkpoints.append(common.checkpoint_record(plan.checkpoints[epoch], val, curve))
         if val < best:
             best, best_epoch, best_params = val, epoch, model.get_params()
@@ -372,7 +411,7 @@ def _evaluate(
 ) -> tuple[dict[str, list[float]], list[float]]:
     """The test curve, the perturbed-start curves, and the rms of each state component."""
     pred, states = _predict(model, cfg, task.test_x)
-    curves = {"test": common.per_step_mse(pred, task.test_y).tolist()}
+    curves = {"test": common.per_step_error(pred, task.test_y, task.classes).tolist()}
     if per_sequence:
         curves.update(common.sequence_curves(pred, task.test_y))
     rms = [common.state_rms(s) for s in states]
@@ -381,7 +420,7 @@ def _evaluate(
         # One draw per scale, shared by h and c, each scaled by its own rms.
         base = common.perturb_noise(cfg.seed, i, start_shape)
         p, _ = _predict(model, cfg, task.test_x, [np.float32(scale * r) * base for r in rms])
-        curves[f"perturbed@{scale}"] = common.per_step_mse(p, task.test_y).tolist()
+        curves[f"perturbed@{scale}"] = common.per_step_error(p, task.test_y, task.classes).tolist()
     return curves, rms
 
 

@@ -53,13 +53,15 @@ class Model(nn.Module):
     """Recurrent layer with a strategy, a linear read-out, and (data_driven) an
     initializer network that maps the first k observations to the start."""
 
-    def __init__(self, cfg: TrialConfig, hidden: int, washout: int) -> None:
+    def __init__(
+        self, cfg: TrialConfig, hidden: int, washout: int, inputs: int = 1, outputs: int = 1
+    ) -> None:
         super().__init__()
         # Pairing: the bare layer and the read-out are built first, right after
         # seeding, so every strategy of a seed starts from the same weights.
         torch.manual_seed(cfg.seed)
-        layer = (nn.GRU if cfg.cell == "gru" else nn.LSTM)(1, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, 1)
+        layer = (nn.GRU if cfg.cell == "gru" else nn.LSTM)(inputs, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, outputs)
         self.rnn = ri.InitialStateRNN(layer, strategy=cfg.base_strategy, **cfg.strategy_options())
         self.lstm = cfg.cell == "lstm"
         self.hidden = hidden
@@ -122,19 +124,38 @@ def _state_parts(state) -> list[torch.Tensor]:
 # ---------------------------------------------------------------------- windows
 
 
-def _window_loss(model: Model, x, y, first: int, strategy: str) -> torch.Tensor:
+def _errors(pred: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per sequence and step (N, T): squared error averaged over outputs, or the
+    cross-entropy of the logits against the class indices."""
+    if classes:
+        labels = y[..., 0].long()
+        return nn.functional.cross_entropy(pred.transpose(1, 2), labels, reduction="none")
+    return ((pred - y) ** 2).mean(dim=2)
+
+
+def _window_loss(
+    model: Model, x, y, first: int, strategy: str, data: TaskData | None = None
+) -> torch.Tensor:
     pred, _, _ = model(x)
+    if data is not None and (data.classes or data.loss_steps is not None):
+        a, b = data.loss_steps or (0, y.shape[1])
+        return _errors(pred, y, data.classes)[:, max(a, first) : b].mean()
     if strategy == "data_driven":
         return ((pred - y[:, first:]) ** 2).mean()
     return ((pred[:, first:] - y[:, first:]) ** 2).mean()
 
 
 @torch.no_grad()
-def _window_eval(model: Model, x, y, first: int, hx=None) -> tuple[np.ndarray, torch.Tensor]:
+def _window_eval(
+    model: Model, x, y, first: int, hx=None, classes: int = 0
+) -> tuple[np.ndarray, torch.Tensor]:
     pred, seq, _ = model(x, hx)
     if model.init_net is None:
         pred = pred[:, first:]
-    err = ((pred - y[:, first:]) ** 2).mean(dim=(0, 2)).double().cpu().numpy()
+    if classes:
+        err = _errors(pred, y[:, first:], classes).mean(dim=0).double().cpu().numpy()
+    else:
+        err = ((pred - y[:, first:]) ** 2).mean(dim=(0, 2)).double().cpu().numpy()
     return _pad(err, first), seq
 
 
@@ -200,7 +221,8 @@ def _run(cfg: TrialConfig, s: dict[str, Any], data: TaskData) -> dict[str, Any]:
     """Train and evaluate one trial on ``data`` with the sizes ``s`` (see ``run_trial``)."""
     torch.set_num_threads(1)
     device = _device()
-    model = Model(cfg, s["hidden"], data.washout).to(device)
+    outputs = data.classes or data.train_y.shape[-1]
+    model = Model(cfg, s["hidden"], data.washout, data.train_x.shape[-1], outputs).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=s["lr"])
     rng = common.batch_rng(cfg.seed)
     first = _steps_from(cfg, data.washout)
@@ -217,12 +239,14 @@ def _run(cfg: TrialConfig, s: dict[str, Any], data: TaskData) -> dict[str, Any]:
             if data.kind == "chunks":
                 err, _, _ = _chunk_pass(model, val_x, val_y, cfg)
                 return float(err.mean())
-            curve, _ = _window_eval(model, val_x, val_y, first)
+            curve, _ = _window_eval(model, val_x, val_y, first, classes=data.classes)
+            if data.loss_steps is not None:
+                return common.window_mean(curve, data.loss_steps)
             return float(np.nanmean(curve))
 
     def test_curve() -> np.ndarray:
         model.eval()
-        curve, _ = _window_eval(model, test_x, test_y, first)
+        curve, _ = _window_eval(model, test_x, test_y, first, classes=data.classes)
         return curve
 
     start = time.perf_counter()
@@ -240,7 +264,7 @@ def _run(cfg: TrialConfig, s: dict[str, Any], data: TaskData) -> dict[str, Any]:
                 _chunk_pass(model, train_x[i], train_y[i], cfg, opt=opt)
             else:
                 opt.zero_grad()
-                _window_loss(model, train_x[i], train_y[i], first, cfg.strategy).backward()
+                _window_loss(model, train_x[i], train_y[i], first, cfg.strategy, data).backward()
                 opt.step()
         if not plan.evaluates(epoch):
             continue
@@ -276,7 +300,7 @@ def _run(cfg: TrialConfig, s: dict[str, Any], data: TaskData) -> dict[str, Any]:
                 perr, _, _ = _chunk_pass(model, test_x, test_y, cfg, noise=noise)
                 curves[f"perturbed@{scale}"] = perr.mean(dim=(0, 1)).double().cpu().numpy().tolist()
         else:
-            curve, seq = _window_eval(model, test_x, test_y, first)
+            curve, seq = _window_eval(model, test_x, test_y, first, classes=data.classes)
             curves["test"] = curve.tolist()
             if s.get("per_sequence"):
                 pred = model(test_x)[0].double().cpu().numpy()
@@ -290,7 +314,7 @@ def _run(cfg: TrialConfig, s: dict[str, Any], data: TaskData) -> dict[str, Any]:
                 base = t(common.perturb_noise(cfg.seed, j, shape)).unsqueeze(0)
                 noise = [base * (scale * r) for r in rms]
                 hx = _add(own, noise) if model.lstm else own + noise[0]
-                pcurve, _ = _window_eval(model, test_x, test_y, first, hx=hx)
+                pcurve, _ = _window_eval(model, test_x, test_y, first, hx=hx, classes=data.classes)
                 curves[f"perturbed@{scale}"] = pcurve.tolist()
     curves["val_by_epoch"] = val_by_epoch
     scalars = common.summarize(curves)
