@@ -146,11 +146,9 @@ class Report:
         return out
 
     def _verdict(self, r: Any) -> str:
-        """The grid's verdict, except that a difference shown to lie inside the margin is
-        "equivalent": the margin is what the reader declared negligible (a smaller
-        difference that the test also detects is named in :meth:`sentence`)."""
-        if np.isfinite(r.p_equivalent_holm) and r.p_equivalent_holm < self.alpha:
-            return "equivalent"
+        """The grid's verdict (:func:`~reference_impl.experiments.stats.verdict`): a
+        difference shown to lie inside the margin is "equivalent" (a smaller difference
+        that the test also detects is named in :meth:`sentence`)."""
         return stats.verdict(r.p_holm, r.ratio_lo, r.ratio_hi, r.p_equivalent_holm, self.alpha)
 
     def table(self, per_step: bool = False) -> pd.DataFrame:

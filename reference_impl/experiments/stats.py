@@ -356,18 +356,22 @@ VERDICTS = ("better", "worse", "equivalent", "not shown")
 
 
 def verdict(p: float, lo: float, hi: float, p_equivalent: float, alpha: float = 0.05) -> str:
-    """ "better" / "worse" than the reference when the (corrected) test ``p`` is below
-    ``alpha`` and the ratio's CI ``[lo, hi]`` lies below / above 1; "equivalent" when
-    the equivalence test's (corrected) ``p_equivalent`` is below ``alpha``; otherwise
-    "not shown" (neither a difference nor its absence is measured).
+    """ "equivalent" when the (corrected) equivalence test ``p_equivalent`` is below
+    ``alpha``: the difference lies inside the margin declared negligible, even where a
+    smaller difference is also significant; otherwise "better" / "worse" than the
+    reference when the (corrected) test ``p`` is below ``alpha`` and the ratio's CI
+    ``[lo, hi]`` lies below / above 1; otherwise "not shown" (neither a difference nor
+    its absence is measured).
 
     >>> verdict(0.001, 0.80, 0.90, 1.0), verdict(0.6, 0.97, 1.03, 0.01), verdict(0.6, 0.8, 1.3, 0.4)
     ('better', 'equivalent', 'not shown')
+    >>> verdict(0.01, 0.96, 0.99, 0.01)  # 2.5% better, and inside a 5% margin
+    'equivalent'
     """
+    if np.isfinite(p_equivalent) and p_equivalent < alpha:
+        return "equivalent"
     if np.isfinite(p) and p < alpha and np.isfinite(hi) and hi < 1:
         return "better"
     if np.isfinite(p) and p < alpha and np.isfinite(lo) and lo > 1:
         return "worse"
-    if np.isfinite(p_equivalent) and p_equivalent < alpha:
-        return "equivalent"
     return "not shown"
