@@ -229,7 +229,7 @@ def state_shapes(
 ) -> tuple[tuple[int, int, int], ...]:
     """Shape of each state component in the ``(layers * directions, batch, features)`` layout."""
     check_positive_int("num_layers", num_layers)
-    check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size, allow_zero=True)  # an empty batch, as the layers
     rows = num_layers * (2 if bidirectional else 1)
     return tuple((rows, batch_size, f) for f in component_features(cell, hidden_size, proj_size))
 

@@ -66,6 +66,12 @@ class Torch:
     def noisy_cell(self, cell, features, sigma, seed=0):
         return _TorchNoisy(self, cell, features, sigma, seed)
 
+    def bare_run(self, cell, features, directions, x):
+        """The bare layer's outputs from its own (zero) start, or its error."""
+        rnn = self.layers[cell](2, features, bidirectional=directions == 2, batch_first=True)
+        with self.torch.no_grad():
+            return rnn(self.torch.as_tensor(x, dtype=self.torch.float32))[0].numpy()
+
 
 class _TorchState:
     def __init__(self, fw, module, cell):
@@ -239,6 +245,11 @@ class Keras:
 
     def noisy_cell(self, cell, features, sigma, seed=0):
         return _KerasNoisy(self, cell, features, sigma, seed)
+
+    def bare_run(self, cell, features, directions, x):
+        rnn = self.layers[cell](features, return_sequences=True)
+        rnn = self.keras.layers.Bidirectional(rnn) if directions == 2 else rnn
+        return np.asarray(rnn(np.asarray(x, np.float32)))
 
 
 def _keras_rows(parts, names, directions):
@@ -426,6 +437,13 @@ class Linen:
 
     def noisy_cell(self, cell, features, sigma, seed=0):
         return _LinenNoisy(self, cell, features, sigma, seed)
+
+    def bare_run(self, cell, features, directions, x):
+        nn, make = self.nn, lambda: self.cells[cell](features)  # noqa: E731
+        rnn = nn.RNN(make())
+        rnn = nn.Bidirectional(rnn, nn.RNN(make())) if directions == 2 else rnn
+        x = np.asarray(x, np.float32)
+        return np.asarray(rnn.apply(rnn.init(self.jax.random.key(0), x), x))
 
 
 class _LinenState:
@@ -639,6 +657,12 @@ class NNX:
 
     def noisy_cell(self, cell, features, sigma, seed=0):
         return _NNXNoisy(self, cell, features, sigma, seed)
+
+    def bare_run(self, cell, features, directions, x):
+        nnx, rngs = self.nnx, self.nnx.Rngs(0)
+        make = lambda: nnx.RNN(self.cells[cell](x.shape[-1], features, rngs=rngs))  # noqa: E731
+        rnn = nnx.Bidirectional(make(), make()) if directions == 2 else make()
+        return np.asarray(rnn(np.asarray(x, np.float32)))
 
 
 class _NNXState:

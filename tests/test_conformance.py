@@ -283,6 +283,29 @@ def test_a_given_state_of_the_wrong_shape_is_refused_alike(framework, cell, wron
         model.run(X, state=[{n: np.zeros(shape) for n in names(cell)}])
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_an_empty_batch_passes_through(framework, strategy, cell):
+    """A batch of size 0 runs as through the bare layer: empty outputs of the bare layer's
+    shape, in training and evaluation; where the bare layer refuses it (Keras's LSTM on
+    TensorFlow), the same kind of error. The initial state alone is empty."""
+    model = framework.model(cell, F, 1, 2, strategy)
+    try:
+        want = framework.bare_run(cell, F, 2, X[:0])
+    except Exception as error:  # the bare layer refuses it: the wrapped one alike
+        for training in (False, True):
+            with pytest.raises(type(error)):
+                model.run(X[:0], training=training)
+    else:
+        assert want.shape == (0, T, 2 * F)
+        for training in (False, True):
+            assert model.run(X[:0], training=training).shape == want.shape
+    state = framework.initial_state(strategy, cell, F, 2, seed=1)
+    for training in (False, True):
+        drawn = state.draw(0, training=training)
+        assert {name: a.shape for name, a in drawn.items()} == {n: (2, 0, F) for n in names(cell)}
+
+
 @pytest.mark.parametrize("name", SIGNATURES)
 def test_the_same_keywords_and_defaults(framework, name):
     params = inspect.signature(getattr(framework.ri, name).__init__).parameters

@@ -255,11 +255,10 @@ def check_batch_shape(batch_shape: int | Sequence[int]) -> tuple[int, ...]:
             f"batch_shape must be an int or a tuple of ints; got {batch_shape!r} "
             f"of type {type(batch_shape).__name__}"
         )
-    # A symbolic size (jax.export with a dynamic batch) is the size of a real input.
-    return tuple(
-        b if jax.export.is_symbolic_dim(b) else spec.check_positive_int("batch_shape entry", b)
-        for b in batch_shape
-    )
+    # A symbolic size (jax.export with a dynamic batch) is the size of a real input; a
+    # size 0 is an empty batch, which nn.RNN and nnx.RNN run (to empty outputs).
+    check = lambda b: spec.check_positive_int("batch_shape entry", b, allow_zero=True)  # noqa: E731
+    return tuple(b if jax.export.is_symbolic_dim(b) else check(b) for b in batch_shape)
 
 
 def make_state(
