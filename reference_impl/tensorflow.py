@@ -252,11 +252,6 @@ def _describe_rnn(layer: object) -> tuple[str, int]:
             f"InitialStateRNN wraps {_SUPPORTED}; got {type(layer).__name__} with cell "
             f"{type(cell).__name__}{hint}"
         )
-    if getattr(layer, "stateful", False):
-        raise ValueError(
-            f"InitialStateRNN cannot wrap the stateful layer {layer.name!r}: a stateful "
-            "layer starts from its own carried state; use stateful=False"
-        )
     return kind, int(cell.units)
 
 
@@ -294,8 +289,12 @@ class InitialStateRNN(keras.layers.Wrapper):
     ``layer(x)`` returns what the wrapped layer returns, started from
     ``layer.initial_state`` (an :class:`InitialState`); ``layer(x, initial_state=...)``
     uses the states given. ``layer`` is a ``GRU``, ``LSTM``, ``SimpleRNN``, ``RNN`` of
-    a built-in cell or a :class:`NoisyCell`, or a ``Bidirectional`` of one, not
-    stateful. The noise of a wrapped NoisyCell is drawn here, for all steps at once.
+    a built-in cell or a :class:`NoisyCell`, or a ``Bidirectional`` of one. The noise of
+    a wrapped NoisyCell is drawn here, for all steps at once.
+
+    A stateful layer (``stateful=True``: one fixed batch size) starts from the
+    strategy's state on its first call and after every :meth:`reset_state`, and carries
+    its final state into the next call otherwise, as the bare layer does from zeros.
 
     >>> model = keras.Sequential([
     ...     keras.Input((20, 10)),
@@ -322,6 +321,16 @@ class InitialStateRNN(keras.layers.Wrapper):
                 strategy, name="initial_state", dtype=self.dtype_policy, **sizes, **options
             )
         self.supports_masking = True
+        self.stateful = bool(getattr(layer, "stateful", False))
+        # A stateful layer carries its state in variables that Keras neither trains nor
+        # saves; this flag says whether they hold a carried state (True) or the stream
+        # starts at the next call (False: first call, after reset_state, after loading).
+        # Untracked like those variables, so a loaded model starts a new stream.
+        carrying = None
+        if self.stateful:
+            with keras.name_scope(self.name):
+                carrying = keras.Variable(False, dtype="bool", trainable=False, name="carrying")
+        object.__setattr__(self, "_carrying", carrying)
 
     @property
     def strategy(self) -> str:
@@ -361,6 +370,8 @@ class InitialStateRNN(keras.layers.Wrapper):
             # layer's dtype policy, and the input's mask is not its business.
             batch = ops.shape(sequences)[0]
             initial_state = self.initial_state.get_initial_state(batch, training=bool(training))
+            if self.stateful:
+                initial_state = self._carried_or(initial_state, sequences)
         else:
             initial_state = self._check_state(initial_state, sequences)
         kwargs: dict[str, Any] = {"initial_state": initial_state}
@@ -373,10 +384,45 @@ class InitialStateRNN(keras.layers.Wrapper):
         try:
             if noisy:
                 sequences = _append_noise(sequences, noisy)
-            return self.layer(sequences, **kwargs)
+            outputs = self.layer(sequences, **kwargs)
         finally:
             for cell in noisy:
                 cell._noise_columns = None
+        if self.stateful:  # the layer has stored its final state: the next call goes on
+            self._carrying.assign(True)
+        return outputs
+
+    def _carried_or(self, start: list[Any], sequences: Any) -> list[Any]:
+        """A stateful layer's carried state, or ``start`` when a stream begins."""
+        carried = [v for x in _directions(self.layer) for v in (x.states or [])]
+        if len(carried) != len(start):  # not built yet: nothing carried
+            return start
+        expected, got = int(carried[0].shape[0]), sequences.shape[0]
+        if got is not None and int(got) != expected:
+            raise ValueError(
+                f"the stateful layer {self.layer.name!r} carries a state for a batch of "
+                f"{expected}; got a batch of {int(got)}. A stateful layer runs at one fixed "
+                "batch size, the one it was built with (keras.Input(batch_size=...))"
+            )
+        return [
+            ops.where(self._carrying, ops.cast(c, s.dtype), s)
+            for c, s in zip(carried, start, strict=True)
+        ]
+
+    def reset_state(self) -> None:
+        """Start a new stream: the next call starts from the strategy's state (a stateful
+        layer only, as ``keras.layers.RNN.reset_state``)."""
+        if not self.stateful:
+            raise AttributeError(
+                f"reset_state: the wrapped layer {self.layer.name!r} is not stateful; without "
+                "stateful=True every call starts from the strategy's state"
+            )
+        self.layer.reset_state()
+        self._carrying.assign(False)
+
+    def reset_states(self) -> None:
+        """Same as :meth:`reset_state` (Keras's compatibility alias)."""
+        self.reset_state()
 
     def compute_output_shape(self, sequences_shape: tuple, initial_state_shape: Any = None) -> Any:
         return self.layer.compute_output_shape(sequences_shape)

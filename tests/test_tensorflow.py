@@ -286,9 +286,7 @@ def test_initial_state_rnn_rejects_unsupported_layers(layer, message):
         ri.InitialStateRNN(layer())
 
 
-def test_initial_state_rnn_rejects_stateful_and_mismatched_directions():
-    with pytest.raises(ValueError, match="cannot wrap the stateful layer"):
-        ri.InitialStateRNN(keras.layers.GRU(4, stateful=True))
+def test_initial_state_rnn_rejects_mismatched_directions():
     bidi = keras.layers.Bidirectional(
         keras.layers.GRU(4), backward_layer=keras.layers.GRU(5, go_backwards=True)
     )

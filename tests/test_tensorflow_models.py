@@ -381,6 +381,87 @@ def test_config_round_trips_through_json(make):
 # --------------------------------------------------------------------------- precision
 
 
+# --------------------------------------------------------------------------- stateful
+
+
+def bare_and_wrapped(make, strategy="zero", **options):
+    """A bare stateful layer and the same layer wrapped, with the same weights, built
+    at a batch of 2 and reset."""
+    x = np.zeros((2, 1, 3), "float32")
+    bare, wrapped = make(), ri.InitialStateRNN(make(), strategy, **options)
+    bare(x), wrapped(x)
+    wrapped.layer.set_weights(bare.get_weights())
+    bare.reset_state(), wrapped.reset_state()
+    return bare, wrapped
+
+
+STATEFUL = {
+    "gru": lambda: keras.layers.GRU(4, return_sequences=True, stateful=True),
+    "lstm-state": lambda: keras.layers.LSTM(4, return_state=True, stateful=True),
+    "simple": lambda: keras.layers.SimpleRNN(4, return_sequences=True, stateful=True),
+    "bidirectional": lambda: keras.layers.Bidirectional(
+        keras.layers.LSTM(4, return_sequences=True, stateful=True)
+    ),
+}
+
+
+@pytest.mark.parametrize("make", STATEFUL.values(), ids=STATEFUL.keys())
+def test_a_stateful_layer_wrapped_with_zero_is_the_bare_layer(make):
+    """Chunk after chunk, and after reset_state() or reset_states(), the same numbers."""
+    bare, wrapped = bare_and_wrapped(make)
+    x = np.random.default_rng(0).normal(size=(2, 6, 3)).astype("float32")
+    for reset in ("reset_state", "reset_states"):
+        for chunk in (x[:, :2], x[:, 2:5], x[:, 5:]):
+            for a, b in zip(as_list(bare(chunk)), as_list(wrapped(chunk)), strict=True):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+        getattr(bare, reset)(), getattr(wrapped, reset)()
+
+
+def test_a_stateful_wrapper_starts_each_stream_from_the_learned_state():
+    _, wrapped = bare_and_wrapped(STATEFUL["gru"], "learnable", init="uniform", seed=0)
+    x = np.random.default_rng(1).normal(size=(2, 5, 3)).astype("float32")
+    h0 = np.broadcast_to(wrapped.initial_state.h0.numpy(), (2, 4))
+    want = np.asarray(keras.layers.RNN(wrapped.layer.cell, return_sequences=True)(x, [h0]))
+    for _ in range(2):  # the first stream, then one after reset_state()
+        np.testing.assert_allclose(np.asarray(wrapped(x)), want, rtol=1e-6, atol=1e-6)
+        assert np.abs(np.asarray(wrapped(x)) - want).max() > 1e-3  # carried, not restarted
+        wrapped.reset_state()
+
+
+def test_a_stateful_model_trains_predicts_and_reloads_from_the_strategy_start(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3, 3), batch_size=2)
+    layer = ri.InitialStateRNN(keras.layers.GRU(4, stateful=True), "learnable", init="uniform")
+    model = keras.Model(inputs, keras.layers.Dense(1)(layer(inputs)))
+    model.compile("adam", "mse")
+    x = np.random.default_rng(2).normal(size=(2, 6, 3)).astype("float32")
+    before = layer.initial_state.h0.numpy().copy()
+    for chunk in (x[:, :3], x[:, 3:]):
+        model.train_on_batch(chunk, np.ones((2, 1)))
+    assert np.abs(layer.initial_state.h0.numpy() - before).max() > 0  # the start learns
+    layer.reset_state()
+    first = model.predict(x[:, :3], verbose=0)
+    assert np.abs(model.predict(x[:, :3], verbose=0) - first).max() > 1e-4  # carried
+    # Keras saves no carried state: a loaded model starts a stream, from the learned state
+    model.save(tmp_path / "stateful.keras")
+    loaded = keras.models.load_model(tmp_path / "stateful.keras")
+    np.testing.assert_allclose(loaded.predict(x[:, :3], verbose=0), first, rtol=1e-6, atol=1e-6)
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_stateful_wrapper_keeps_the_bare_layers_batch_rules():
+    # A stateful layer needs a fixed batch size: refused alike.
+    for wrap in (lambda r: r, lambda r: ri.InitialStateRNN(r, "learnable")):
+        with pytest.raises(ValueError, match="batch size must be static"):
+            keras.Sequential([keras.Input((3, 3)), wrap(keras.layers.GRU(4, stateful=True))])
+    _, wrapped = bare_and_wrapped(STATEFUL["gru"], "learnable")
+    with pytest.raises(ValueError, match="carries a state for a batch of 2; got a batch of 3"):
+        wrapped(np.zeros((3, 2, 3), "float32"))
+    with pytest.raises(AttributeError, match="not stateful"):
+        ri.InitialStateRNN(keras.layers.GRU(4)).reset_state()
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_state_comes_in_the_compute_dtype(policy):
     compute = policy.split("_")[1]
