@@ -274,11 +274,7 @@ def test_noise_std_only_exists_for_noisy():
     [
         (lambda: keras.layers.Dense(4), "got Dense"),
         (lambda: keras.layers.GRUCell(4), r"got GRUCell \(a single cell: wrap it in"),
-        (
-            lambda: keras.layers.RNN([keras.layers.GRUCell(4), keras.layers.GRUCell(4)]),
-            "cell StackedRNNCells .stacked cells: give each layer its own",
-        ),
-        (lambda: keras.layers.ConvLSTM1D(4, 3), "with cell ConvLSTMCell"),
+        (lambda: keras.layers.LSTMCell(4), r"got LSTMCell \(a single cell: wrap it in"),
     ],
 )
 def test_initial_state_rnn_rejects_unsupported_layers(layer, message):

@@ -462,6 +462,169 @@ def test_a_stateful_wrapper_keeps_the_bare_layers_batch_rules():
         ri.InitialStateRNN(keras.layers.GRU(4)).reset_state()
 
 
+# --------------------------------------------------------------------------- any cell
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class LayerNormLSTMCell(keras.layers.Layer):
+    """A user's cell of the Keras protocol: an LSTM with layer normalization of its
+    gates, ``state_size`` a list ``[units, units]``."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.state_size, self.output_size = units, [units, units], units
+        self.norm = keras.layers.LayerNormalization()
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1] + self.units, 4 * self.units))
+        self.norm.build((None, 4 * self.units))
+
+    def call(self, inputs, states):
+        h, c = states
+        z = self.norm(keras.ops.matmul(keras.ops.concatenate([inputs, h], -1), self.kernel))
+        i, f, g, o = keras.ops.split(z, 4, -1)
+        c = keras.ops.sigmoid(f) * c + keras.ops.sigmoid(i) * keras.ops.tanh(g)
+        h = keras.ops.sigmoid(o) * keras.ops.tanh(c)
+        return h, [h, c]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class MinimalCell(keras.layers.Layer):
+    """The smallest cell of the protocol: ``state_size`` an int, no get_initial_state."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = self.state_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1] + self.units, self.units))
+
+    def call(self, inputs, states):
+        h = keras.ops.tanh(
+            keras.ops.matmul(keras.ops.concatenate([inputs, states[0]], -1), self.kernel)
+        )
+        return h, [h]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+SEQ = np.random.default_rng(3).normal(size=(2, 5, 3)).astype("float32")
+GRID = np.random.default_rng(4).normal(size=(2, 3, 4, 4, 2)).astype("float32")
+ANY_CELL = {  # name: (layer, input, the shape of each state without the batch axis)
+    "int": (lambda: keras.layers.RNN(MinimalCell(4), return_sequences=True), SEQ, [(4,)]),
+    "list": (lambda: keras.layers.RNN(LayerNormLSTMCell(4)), SEQ, [(4,), (4,)]),
+    "nested": (
+        lambda: keras.layers.RNN([keras.layers.GRUCell(4), keras.layers.LSTMCell(5)]),
+        SEQ,
+        [(4,), (5,), (5,)],
+    ),
+    "bidirectional": (
+        lambda: keras.layers.Bidirectional(keras.layers.RNN(LayerNormLSTMCell(4))),
+        SEQ,
+        [(4,), (4,)],
+    ),
+    "conv-lstm-2d": (
+        lambda: keras.layers.ConvLSTM2D(3, 3, padding="same", return_sequences=True),
+        GRID,
+        [(4, 4, 3), (4, 4, 3)],
+    ),
+}
+
+
+def same_weights(make, x, strategy, **options):
+    keras.utils.set_random_seed(0)
+    bare, wrapped = make(), ri.InitialStateRNN(make(), strategy, seed=0, **options)
+    bare(x), wrapped(x)
+    wrapped.layer.set_weights(bare.get_weights())
+    return bare, wrapped
+
+
+@pytest.mark.parametrize("name", ANY_CELL)
+def test_any_cell_of_the_protocol_wrapped_with_zero_is_the_bare_layer(name):
+    make, x, shapes = ANY_CELL[name]
+    bare, wrapped = same_weights(make, x, "zero")
+    directions = 2 if name == "bidirectional" else 1
+    assert wrapped.initial_state.shapes == tuple(shapes)
+    for training in (False, True):
+        want, got = bare(x, training=training), wrapped(x, training=training)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+    # a state given explicitly, in the structure the bare layer takes, still wins
+    one = [layer.get_initial_state(2) for layer in ri._directions(bare)]
+    given = [keras.tree.map_structure(lambda s: s + 0.5, s) for part in one for s in part]
+    want = bare(x, initial_state=given)
+    got = wrapped(x, initial_state=given)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+    assert len(given) == directions * len(one[0])
+
+
+@pytest.mark.parametrize("name", ANY_CELL)
+def test_a_learnable_state_of_any_cell_has_one_weight_per_element(name):
+    """Each state's weight has the state's whole shape (a ConvLSTM's: one start per
+    position and channel), broadcast over the batch only; the wrapped layer runs from
+    it, and it is trained."""
+    make, x, shapes = ANY_CELL[name]
+    bare, wrapped = same_weights(make, x, "learnable", init="uniform")
+    directions = 2 if name == "bidirectional" else 1
+    vectors = [w.numpy() for w in wrapped.initial_state.weights]
+    assert [v.shape for v in vectors] == [(directions, *s) for s in shapes]
+    states = [np.broadcast_to(v[d], (2, *v.shape[1:])) for d in range(directions) for v in vectors]
+    given = wrapped._pack([keras.ops.convert_to_tensor(s) for s in states])
+    want = bare(x, initial_state=given)
+    np.testing.assert_allclose(np.asarray(wrapped(x)), np.asarray(want), rtol=1e-6, atol=1e-6)
+    weights = wrapped.initial_state.trainable_weights
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(wrapped(x) ** 2)
+    for grad in tape.gradient(loss, weights):
+        assert grad is not None and float(keras.ops.max(keras.ops.abs(grad))) > 0
+
+
+@pytest.mark.parametrize("name", ["list", "conv-lstm-2d"])
+def test_a_noisy_state_of_any_cell_is_the_base_outside_training(name):
+    make, x, _ = ANY_CELL[name]
+    bare, wrapped = same_weights(make, x, "noisy", noise_std=0.5)
+    evaluated = np.asarray(wrapped(x))
+    np.testing.assert_allclose(evaluated, np.asarray(bare(x)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(evaluated, np.asarray(wrapped(x)))
+    assert np.abs(np.asarray(wrapped(x, training=True)) - evaluated).max() > 1e-3
+
+
+def test_any_cell_saves_loads_and_runs_stateful(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, 3), batch_size=2)
+    layer = ri.InitialStateRNN(
+        keras.layers.RNN(LayerNormLSTMCell(4), stateful=True), "learnable", init="uniform"
+    )
+    model = keras.Model(inputs, layer(inputs))
+    first = np.asarray(model(SEQ[:, :2]))
+    second = np.asarray(model(SEQ[:, 2:]))
+    layer.reset_state()
+    np.testing.assert_array_equal(np.asarray(model(SEQ[:, :2])), first)
+    model.save(tmp_path / "cell.keras")
+    loaded = keras.models.load_model(tmp_path / "cell.keras")
+    np.testing.assert_allclose(np.asarray(loaded(SEQ[:, :2])), first, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(loaded(SEQ[:, 2:])), second, rtol=1e-6, atol=1e-6)
+    names = [w.name for w in loaded.layers[1].initial_state.weights]
+    assert names == ["state_0", "state_1"]
+
+
+def test_initial_state_takes_any_shapes_and_refuses_bad_ones():
+    init = ri.InitialState("learnable", shapes=[(4, 4, 3), (4, 4, 3)], init="uniform", seed=0)
+    states = init.get_initial_state(2)
+    assert [tuple(s.shape) for s in states] == [(2, 4, 4, 3)] * 2
+    bound = spec.uniform_bound(3)  # the last axis: the features at one position
+    assert 0 < float(keras.ops.max(keras.ops.abs(states[0]))) <= bound
+    config = init.get_config()
+    assert ri.InitialState.from_config(config).shapes == ((4, 4, 3), (4, 4, 3))
+    with pytest.raises(TypeError, match="shapes must be a non-empty list"):
+        ri.InitialState("zero", shapes=[4])
+    with pytest.raises(TypeError, match="needs units="):
+        ri.InitialState("zero")
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_state_comes_in_the_compute_dtype(policy):
     compute = policy.split("_")[1]
