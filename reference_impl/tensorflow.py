@@ -324,9 +324,12 @@ class InitialStateRNN(keras.layers.Wrapper):
 
     ``layer(x)`` returns what the wrapped layer returns, started from
     ``layer.initial_state`` (an :class:`InitialState`); ``layer(x, initial_state=...)``
-    uses the states given. ``layer`` is a ``GRU``, ``LSTM``, ``SimpleRNN``, ``RNN`` of
-    a built-in cell or a :class:`NoisyCell`, or a ``Bidirectional`` of one. The noise of
-    a wrapped NoisyCell is drawn here, for all steps at once.
+    uses the states given. ``layer`` is a ``GRU``, ``LSTM``, ``SimpleRNN``, ``ConvLSTM``,
+    an ``RNN`` over any cell of the Keras cell protocol (a ``state_size``: an int, a list,
+    nested) or a :class:`NoisyCell`, or a ``Bidirectional`` of one. For a cell other than
+    the built-in ones the state's structure comes from the built layer's
+    ``get_initial_state``, and ``initial_state`` is made when the layer is built. The
+    noise of a wrapped NoisyCell is drawn here, for all steps at once.
 
     A stateful layer (``stateful=True``: one fixed batch size) starts from the
     strategy's state on its first call and after every :meth:`reset_state`, and carries

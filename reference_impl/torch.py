@@ -250,7 +250,10 @@ class InitialStateRNN(nn.Module):
     ``model(x)`` returns what the wrapped layer returns, started from
     ``model.initial_state``; ``model(x, hx)`` uses ``hx``. The layer runs once over the
     sequence (cuDNN on GPU), with ``batch_first``, bidirectional and stacked layers,
-    ``proj_size``, unbatched input and ``PackedSequence``.
+    ``proj_size``, unbatched input, ``PackedSequence`` and an empty batch. PyTorch has no
+    cell protocol for its fused layers, so these three are what it wraps. A stream is
+    carried by passing the returned state back in (``out, h = model(chunk, h)``);
+    ``None`` starts from the strategy's state.
 
     >>> model = InitialStateRNN(nn.GRU(10, 32, num_layers=2, batch_first=True))
     >>> out, h_n = model(torch.randn(16, 20, 10))
