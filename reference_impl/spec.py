@@ -218,6 +218,25 @@ def component_features(cell: str, hidden_size: int, proj_size: int = 0) -> tuple
     return (h, hidden_size) if cell == "lstm" else (h,)
 
 
+def carry_features(shape: Sequence[int]) -> int:
+    """The size that sets the bounds of a state component of any shape: its last axis.
+
+    A built-in cell's state is a vector of ``features``. A cell of a framework's
+    protocol may carry more axes, e.g. a convolutional LSTM's ``(height, width,
+    channels)``: a vector of ``channels`` at each position, so ``uniform`` and
+    ``xavier`` draw with that vector's bound, as for a vector state. Stored and
+    learnable vectors take the component's whole shape (one value per element,
+    broadcast over the batch axes only).
+
+    >>> carry_features((16, 16, 8)), carry_features((32,))
+    (8, 32)
+    """
+    shape = tuple(int(s) for s in shape)
+    if not shape:
+        raise ValueError("a state component needs a features axis; got shape ()")
+    return check_positive_int("features", shape[-1])
+
+
 def state_shapes(
     cell: str,
     *,
@@ -229,7 +248,7 @@ def state_shapes(
 ) -> tuple[tuple[int, int, int], ...]:
     """Shape of each state component in the ``(layers * directions, batch, features)`` layout."""
     check_positive_int("num_layers", num_layers)
-    check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size, allow_zero=True)  # an empty batch, as the layers
     rows = num_layers * (2 if bidirectional else 1)
     return tuple((rows, batch_size, f) for f in component_features(cell, hidden_size, proj_size))
 

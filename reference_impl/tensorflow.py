@@ -8,7 +8,7 @@ tested); :ref:`the API page's table <framework-idioms>` says what follows Keras'
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,7 +110,11 @@ class InitialState(_Sigma, keras.layers.Layer):
 
     Called on the layer's input (batch first, maybe unknown until the model runs), it
     returns the ``initial_state=`` list, each ``(batch, units)`` in the compute dtype;
-    ``bidirectional=True`` gives one state per direction.
+    ``bidirectional=True`` gives one state per direction. For any other cell,
+    ``shapes=`` gives each state's shape without the batch axis (e.g. ``[(8, 8, 16)] * 2``
+    for a ``ConvLSTM2D``): a stored or learnable vector then has that whole shape, one
+    value per element broadcast over the batch, and the draws' bounds use its last axis
+    (:func:`~reference_impl.spec.carry_features`).
 
     >>> inputs = keras.Input((20, 10))
     >>> h, c = InitialState("learnable", units=32, cell="lstm")(inputs)
@@ -123,9 +127,10 @@ class InitialState(_Sigma, keras.layers.Layer):
         self,
         strategy: str | spec.Strategy = "zero",
         *,
-        units: int,
-        cell: str = "gru",
+        units: int | None = None,
+        cell: str | None = "gru",
         bidirectional: bool = False,
+        shapes: Sequence[Sequence[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         layer_kwargs, options = _split_layer_kwargs(kwargs)
@@ -134,11 +139,17 @@ class InitialState(_Sigma, keras.layers.Layer):
             options["init"] = keras.saving.deserialize_keras_object(options["init"])
         self.plan = plan = spec.make(strategy, **options)  # validated first, as everywhere
         self.strategy, self.options = plan.name, plan.options()
-        self.cell = spec.check_cell(cell)
-        self.units = spec.check_positive_int("units", units)
+        if shapes is None:  # a built-in cell: its kind and units
+            if units is None:
+                raise TypeError("InitialState needs units=<the layer's units> (or shapes=...)")
+            self.cell = spec.check_cell(cell)
+            self.units = spec.check_positive_int("units", units)
+            self.shapes = tuple((f,) for f in spec.component_features(self.cell, self.units))
+        else:  # any cell: the shape of each of its states
+            self.cell, self.units, self.shapes = None, None, _check_shapes(shapes)
+        self.features = tuple(spec.carry_features(shape) for shape in self.shapes)
         self.bidirectional = spec.check_bool("bidirectional", bidirectional)
         self.directions = 2 if self.bidirectional else 1
-        self.features = spec.component_features(self.cell, self.units)
         self.supports_masking = True  # a mask on the input is about time steps: dropped
         self.seed_generator = None
         if plan.source == "draw" or plan.noise is not None:
@@ -146,22 +157,25 @@ class InitialState(_Sigma, keras.layers.Layer):
             self.seed_generator = keras.random.SeedGenerator(plan.seed)
         # All weights are made here (none depends on the input), so a schedule or a
         # weight transfer can happen before any call.
-        for i, (name, n) in enumerate(zip(self._vector_names(), self.features, strict=True)):
+        names = self._vector_names()
+        for i, (name, n, shape) in enumerate(zip(names, self.features, self.shapes, strict=True)):
             if plan.source in ("stored", "param"):
                 init = _initializer(plan.vector_init(n), plan.seed, i)
-                kind = {"shape": (self.directions, n), "trainable": plan.source == "param"}
+                kind = {"shape": (self.directions, *shape), "trainable": plan.source == "param"}
                 setattr(self, name, self.add_weight(initializer=init, name=name, **kind))
         if plan.noise is not None:
             self.std_raw = _std_weight(self, plan.noise)
         self.built = True
 
     def _vector_names(self) -> tuple[str, ...]:
+        if self.cell is None:
+            return tuple(f"state_{i}" for i in range(len(self.shapes)))
         return ("h0", "c0")[: len(self.features)]
 
     @property
     def state_names(self) -> list[str]:
         """Names of the returned states in order, e.g. ``["h_forward", "h_backward"]``."""
-        names = ["h", "c"][: len(self.features)]
+        names = [n.removesuffix("0") if self.cell else n for n in self._vector_names()]
         if not self.bidirectional:
             return names
         return [f"{n}_{d}" for d in ("forward", "backward") for n in names]
@@ -176,8 +190,10 @@ class InitialState(_Sigma, keras.layers.Layer):
         std = ops.cast(self.noise_std, _DRAW_DTYPE) if training and plan.noise else None
         states = []
         for d in range(self.directions):
-            for name, features in zip(self._vector_names(), self.features, strict=True):
-                shape = (batch_size, features)
+            for name, features, own in zip(
+                self._vector_names(), self.features, self.shapes, strict=True
+            ):
+                shape = (batch_size, *own)
                 if plan.source == "zeros":
                     state = ops.zeros(shape, dtype=dtype)
                 elif plan.source == "draw":
@@ -203,31 +219,49 @@ class InitialState(_Sigma, keras.layers.Layer):
         return self.get_initial_state(shape[0], training=bool(training))
 
     def compute_output_shape(self, input_shape: tuple) -> list[tuple]:
-        return [(input_shape[0], f) for _ in range(self.directions) for f in self.features]
+        return [(input_shape[0], *s) for _ in range(self.directions) for s in self.shapes]
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> list[None]:
         """No mask on the states: a mask on the input is about time steps."""
-        return [None] * (self.directions * len(self.features))
+        return [None] * (self.directions * len(self.shapes))
 
     def options_config(self) -> dict[str, Any]:
         """The strategy's options, JSON-serializable (a callable ``init`` serialized)."""
-        opts = dict(self.options)
-        if callable(opts.get("init")):
-            opts["init"] = keras.saving.serialize_keras_object(opts["init"])
-        return opts
+        return _options_config(self.options)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(strategy=self.strategy, units=self.units, cell=self.cell)
+        if self.cell is None:
+            config["shapes"] = [list(shape) for shape in self.shapes]
         config.update(bidirectional=self.bidirectional, **self.options_config())
         return config
+
+
+def _options_config(options: dict[str, Any]) -> dict[str, Any]:
+    opts = dict(options)
+    if callable(opts.get("init")):
+        opts["init"] = keras.saving.serialize_keras_object(opts["init"])
+    return opts
+
+
+def _check_shapes(shapes: object) -> tuple[tuple[int, ...], ...]:
+    """``shapes`` as a tuple of shapes, each a non-empty tuple of positive ints."""
+    ok = isinstance(shapes, (list, tuple)) and len(shapes) > 0
+    ok = ok and all(isinstance(s, (list, tuple)) and len(s) > 0 for s in shapes)
+    if not ok:
+        raise TypeError(
+            "shapes must be a non-empty list of state shapes without the batch axis, e.g. "
+            f"[(32,), (32,)]; got {shapes!r}"
+        )
+    return tuple(tuple(spec.check_positive_int("a state size", n) for n in s) for s in shapes)
 
 
 # --------------------------------------------------------------------------- wrapper
 
 _SUPPORTED = (
-    "keras.layers.GRU, LSTM, SimpleRNN, RNN(GRUCell | LSTMCell | SimpleRNNCell | NoisyCell) "
-    "or Bidirectional(...) of one of them"
+    "a keras.layers.RNN (GRU, LSTM, SimpleRNN, ConvLSTM, RNN over any cell of the Keras "
+    "cell protocol) or a Bidirectional of one"
 )
 
 
@@ -238,37 +272,34 @@ def _directions(layer: object) -> list[Any]:
     return [layer]
 
 
-def _describe_rnn(layer: object) -> tuple[str, int]:
+def _describe_rnn(layer: object) -> tuple[str, int] | None:
+    """``(kind, units)`` of a layer over a built-in cell; ``None`` for any other cell."""
     if not isinstance(layer, keras.layers.RNN):
-        single = _cell_kind(layer) is not None or isinstance(layer, NoisyCell)
+        single = hasattr(layer, "state_size") and hasattr(layer, "call")
         hint = " (a single cell: wrap it in keras.layers.RNN first)" if single else ""
         raise TypeError(f"InitialStateRNN wraps {_SUPPORTED}; got {type(layer).__name__}{hint}")
     cell = layer.cell.cell if isinstance(layer.cell, NoisyCell) else layer.cell
     kind = _cell_kind(cell)
-    if kind is None:
-        stacked = isinstance(cell, keras.layers.StackedRNNCells)
-        hint = " (stacked cells: give each layer its own InitialStateRNN)" if stacked else ""
-        raise TypeError(
-            f"InitialStateRNN wraps {_SUPPORTED}; got {type(layer).__name__} with cell "
-            f"{type(cell).__name__}{hint}"
-        )
-    if getattr(layer, "stateful", False):
-        raise ValueError(
-            f"InitialStateRNN cannot wrap the stateful layer {layer.name!r}: a stateful "
-            "layer starts from its own carried state; use stateful=False"
-        )
-    return kind, int(cell.units)
+    return None if kind is None else (kind, int(cell.units))
 
 
-def _describe(layer: object) -> tuple[str, int, bool]:
-    """``(cell kind, units, bidirectional)`` of a supported layer, else raise."""
+def _describe(layer: object) -> tuple[tuple[str, int] | None, bool]:
+    """``((cell kind, units) or None for another cell, bidirectional)``, else raise."""
     found = [_describe_rnn(x) for x in _directions(layer)]
     if len(found) == 2 and found[0] != found[1]:
         raise ValueError(
             f"the forward and backward layers of {layer.name!r} differ (cell, units) "
             f"{found[0]} vs {found[1]}; InitialStateRNN needs the same in both"
         )
-    return (*found[0], len(found) == 2)
+    return found[0], len(found) == 2
+
+
+def _state_structure(layer: keras.layers.Layer) -> tuple[list[Any], list[tuple[int, ...]]]:
+    """The structure of a built RNN's state (as its ``get_initial_state`` returns it) and
+    the shape of each of its tensors without the batch axis."""
+    structure = layer.get_initial_state(batch_size=1)
+    shapes = [tuple(int(n) for n in leaf.shape[1:]) for leaf in keras.tree.flatten(structure)]
+    return structure, shapes
 
 
 def _append_noise(sequences: Any, cells: list[NoisyCell]) -> Any:
@@ -293,9 +324,16 @@ class InitialStateRNN(keras.layers.Wrapper):
 
     ``layer(x)`` returns what the wrapped layer returns, started from
     ``layer.initial_state`` (an :class:`InitialState`); ``layer(x, initial_state=...)``
-    uses the states given. ``layer`` is a ``GRU``, ``LSTM``, ``SimpleRNN``, ``RNN`` of
-    a built-in cell or a :class:`NoisyCell`, or a ``Bidirectional`` of one, not
-    stateful. The noise of a wrapped NoisyCell is drawn here, for all steps at once.
+    uses the states given. ``layer`` is a ``GRU``, ``LSTM``, ``SimpleRNN``, ``ConvLSTM``,
+    an ``RNN`` over any cell of the Keras cell protocol (a ``state_size``: an int, a list,
+    nested) or a :class:`NoisyCell`, or a ``Bidirectional`` of one. For a cell other than
+    the built-in ones the state's structure comes from the built layer's
+    ``get_initial_state``, and ``initial_state`` is made when the layer is built. The
+    noise of a wrapped NoisyCell is drawn here, for all steps at once.
+
+    A stateful layer (``stateful=True``: one fixed batch size) starts from the
+    strategy's state on its first call and after every :meth:`reset_state`, and carries
+    its final state into the next call otherwise, as the bare layer does from zeros.
 
     >>> model = keras.Sequential([
     ...     keras.Input((20, 10)),
@@ -312,20 +350,43 @@ class InitialStateRNN(keras.layers.Wrapper):
         self, layer: keras.layers.Layer, strategy: str | spec.Strategy = "learnable", **kwargs: Any
     ):
         layer_kwargs, options = _split_layer_kwargs(kwargs)
-        kind, units, bidirectional = _describe(layer)
+        if isinstance(options.get("init"), dict):  # a serialized Keras initializer
+            options["init"] = keras.saving.deserialize_keras_object(options["init"])
+        kind_units, self.bidirectional = _describe(layer)
+        self.plan = spec.make(strategy, **options)  # validated now, whatever the cell
         layer_kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **layer_kwargs)
-        sizes = {"units": units, "cell": kind, "bidirectional": bidirectional}
+        # A built-in cell's state is known now; another cell's when the layer is built
+        # (a ConvLSTM's spatial axes come from the input): see build.
+        self.initial_state, self._structure = None, None
+        if kind_units is not None:
+            self._make_initial_state(units=kind_units[1], cell=kind_units[0])
+        self.supports_masking = True
+        self.stateful = bool(getattr(layer, "stateful", False))
+        # A stateful layer carries its state in variables that Keras neither trains nor
+        # saves; this flag says whether they hold a carried state (True) or the stream
+        # starts at the next call (False: first call, after reset_state, after loading).
+        # Untracked like those variables, so a loaded model starts a new stream.
+        carrying = None
+        if self.stateful:
+            with keras.name_scope(self.name):
+                carrying = keras.Variable(False, dtype="bool", trainable=False, name="carrying")
+        object.__setattr__(self, "_carrying", carrying)
+
+    def _make_initial_state(self, **sizes: Any) -> None:
         # Under this layer's name, so the weights read "<this layer>/initial_state/h0".
         with keras.name_scope(self.name):
             self.initial_state = InitialState(
-                strategy, name="initial_state", dtype=self.dtype_policy, **sizes, **options
+                self.plan,
+                name="initial_state",
+                dtype=self.dtype_policy,
+                bidirectional=self.bidirectional,
+                **sizes,
             )
-        self.supports_masking = True
 
     @property
     def strategy(self) -> str:
-        return self.initial_state.strategy
+        return self.plan.name
 
     @property
     def rnn(self) -> keras.layers.Layer:
@@ -341,16 +402,42 @@ class InitialStateRNN(keras.layers.Wrapper):
         return self.layer.return_state
 
     def build(self, sequences_shape: tuple, initial_state_shape: Any = None) -> None:
-        """Build the wrapped layer, for the input without noise columns."""
+        """Build the wrapped layer, for the input without noise columns; for a cell other
+        than the built-in ones, read its state's structure and make the initial state."""
         if not self.layer.built:
             self.layer.build(sequences_shape)
+        if self.initial_state is None:
+            found = [_state_structure(x) for x in _directions(self.layer)]
+            if len(found) == 2 and found[0][1] != found[1][1]:
+                raise ValueError(
+                    f"the forward and backward layers of {self.layer.name!r} carry states of "
+                    f"different shapes, {found[0][1]} and {found[1][1]}; InitialStateRNN "
+                    "needs the same in both"
+                )
+            self._structure = found[0][0]
+            self._make_initial_state(shapes=found[0][1])
         self.built = True
 
+    def _pack(self, flat: list[Any]) -> list[Any]:
+        """The flat list of states in the structure the layer takes (forward, then
+        backward); a built-in cell takes the flat list."""
+        if self._structure is None:
+            return flat
+        n = len(flat) // (2 if self.bidirectional else 1)
+        parts = [flat[i : i + n] for i in range(0, len(flat), n)]
+        return [s for p in parts for s in keras.tree.pack_sequence_as(self._structure, p)]
+
     def _check_state(self, state: Any, sequences: Any) -> list[Any]:
-        units, names = self.initial_state.units, self.initial_state.state_names
-        slots = [spec.Slot(name, (sequences.shape[0], units)) for name in names]
+        init, names = self.initial_state, self.initial_state.state_names
+        shapes = [s for _ in range(init.directions) for s in init.shapes]
+        slots = [spec.Slot(n, (sequences.shape[0], *s)) for n, s in zip(names, shapes, strict=True)]
+        if init.cell is None:  # any cell: its own structure, checked leaf by leaf
+            hint = "the structure the wrapped layer's get_initial_state returns"
+            given = keras.tree.flatten(state)
+            return self._pack(spec.check_given_state(given, slots, hint))
         parts = list(state) if isinstance(state, (list, tuple)) else [state]
-        return spec.check_given_state(parts, slots, f"a list of (batch, {units}) tensors")
+        hint = f"a list of (batch, {init.units}) tensors"
+        return spec.check_given_state(parts, slots, hint)
 
     def call(
         self, sequences: Any, initial_state: Any = None, mask: Any = None, training: Any = None
@@ -361,6 +448,9 @@ class InitialStateRNN(keras.layers.Wrapper):
             # layer's dtype policy, and the input's mask is not its business.
             batch = ops.shape(sequences)[0]
             initial_state = self.initial_state.get_initial_state(batch, training=bool(training))
+            if self.stateful:
+                initial_state = self._carried_or(initial_state, sequences)
+            initial_state = self._pack(initial_state)
         else:
             initial_state = self._check_state(initial_state, sequences)
         kwargs: dict[str, Any] = {"initial_state": initial_state}
@@ -373,10 +463,45 @@ class InitialStateRNN(keras.layers.Wrapper):
         try:
             if noisy:
                 sequences = _append_noise(sequences, noisy)
-            return self.layer(sequences, **kwargs)
+            outputs = self.layer(sequences, **kwargs)
         finally:
             for cell in noisy:
                 cell._noise_columns = None
+        if self.stateful:  # the layer has stored its final state: the next call goes on
+            self._carrying.assign(True)
+        return outputs
+
+    def _carried_or(self, start: list[Any], sequences: Any) -> list[Any]:
+        """A stateful layer's carried state, or ``start`` when a stream begins."""
+        carried = [v for x in _directions(self.layer) for v in keras.tree.flatten(x.states or [])]
+        if len(carried) != len(start):  # not built yet: nothing carried
+            return start
+        expected, got = int(carried[0].shape[0]), sequences.shape[0]
+        if got is not None and int(got) != expected:
+            raise ValueError(
+                f"the stateful layer {self.layer.name!r} carries a state for a batch of "
+                f"{expected}; got a batch of {int(got)}. A stateful layer runs at one fixed "
+                "batch size, the one it was built with (keras.Input(batch_size=...))"
+            )
+        return [
+            ops.where(self._carrying, ops.cast(c, s.dtype), s)
+            for c, s in zip(carried, start, strict=True)
+        ]
+
+    def reset_state(self) -> None:
+        """Start a new stream: the next call starts from the strategy's state (a stateful
+        layer only, as ``keras.layers.RNN.reset_state``)."""
+        if not self.stateful:
+            raise AttributeError(
+                f"reset_state: the wrapped layer {self.layer.name!r} is not stateful; without "
+                "stateful=True every call starts from the strategy's state"
+            )
+        self.layer.reset_state()
+        self._carrying.assign(False)
+
+    def reset_states(self) -> None:
+        """Same as :meth:`reset_state` (Keras's compatibility alias)."""
+        self.reset_state()
 
     def compute_output_shape(self, sequences_shape: tuple, initial_state_shape: Any = None) -> Any:
         return self.layer.compute_output_shape(sequences_shape)
@@ -386,8 +511,8 @@ class InitialStateRNN(keras.layers.Wrapper):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config["strategy"] = self.initial_state.strategy
-        config.update(self.initial_state.options_config())
+        config["strategy"] = self.plan.name
+        config.update(_options_config(self.plan.options()))
         return config
 
 

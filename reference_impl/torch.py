@@ -22,12 +22,26 @@ except ModuleNotFoundError as _error:  # say which extra installs it
 
 from reference_impl import STRATEGIES, spec
 
-__all__ = ["STRATEGIES", "InitialState", "InitialStateRNN", "NoisyCell"]
+__all__ = ["STRATEGIES", "InitialState", "InitialStateRNN", "NoisyCell", "StateShapeError"]
 
 State = Tensor | tuple[Tensor, Tensor]
 
 _MODES = {"GRU": "gru", "LSTM": "lstm", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}
 _CELLS = {nn.GRUCell: "gru", nn.LSTMCell: "lstm", nn.RNNCell: "rnn"}
+
+
+class StateShapeError(ValueError, RuntimeError):
+    """A given ``hx`` of the wrong shape. A ``ValueError``, as in every framework of this
+    package, and a ``RuntimeError``, as the bare ``nn.GRU``/``nn.LSTM``/``nn.RNN`` raise for
+    it: code that catches either still catches it, and reads the clearer message.
+
+    >>> model = InitialStateRNN(nn.GRU(2, 4))
+    >>> try:
+    ...     model(torch.zeros(5, 3, 2), torch.zeros(1, 7, 4))
+    ... except RuntimeError as error:  # or ValueError
+    ...     print(isinstance(error, ValueError), str(error).split("; ")[0])
+    True initial state h0 has shape (1, 7, 4)
+    """
 
 
 class _Generators:
@@ -71,14 +85,14 @@ def _exporting() -> bool:
 
 
 def _check_batch_size(batch_size: Any) -> Any:
-    """A positive int, or (exporting, tracing) a ``SymInt`` or 0-d integer tensor: a real
-    input's size, kept so the batch stays dynamic."""
+    """An int >= 0 (0: an empty batch, which the layers run), or (exporting, tracing) a
+    ``SymInt`` or 0-d integer tensor: a real input's size, kept so the batch stays dynamic."""
     if isinstance(batch_size, torch.SymInt):
         return batch_size
     if isinstance(batch_size, Tensor) and batch_size.dim() == 0 and _exporting():
         if not batch_size.is_floating_point():
             return batch_size
-    return spec.check_positive_int("batch_size", batch_size)
+    return spec.check_positive_int("batch_size", batch_size, allow_zero=True)
 
 
 class _NoiseStd:
@@ -236,7 +250,10 @@ class InitialStateRNN(nn.Module):
     ``model(x)`` returns what the wrapped layer returns, started from
     ``model.initial_state``; ``model(x, hx)`` uses ``hx``. The layer runs once over the
     sequence (cuDNN on GPU), with ``batch_first``, bidirectional and stacked layers,
-    ``proj_size``, unbatched input and ``PackedSequence``.
+    ``proj_size``, unbatched input, ``PackedSequence`` and an empty batch. PyTorch has no
+    cell protocol for its fused layers, so these three are what it wraps. A stream is
+    carried by passing the returned state back in (``out, h = model(chunk, h)``);
+    ``None`` starts from the strategy's state.
 
     >>> model = InitialStateRNN(nn.GRU(10, 32, num_layers=2, batch_first=True))
     >>> out, h_n = model(torch.randn(16, 20, 10))
@@ -269,7 +286,10 @@ class InitialStateRNN(nn.Module):
         ]
         hint = "num_layers * num_directions, batch, features"
         hint += "; an LSTM state is a tuple (h0, c0)" if init.cell == "lstm" else ""
-        spec.check_given_state(hx, tuple(slots) if init.cell == "lstm" else slots[0], hint)
+        try:
+            spec.check_given_state(hx, tuple(slots) if init.cell == "lstm" else slots[0], hint)
+        except ValueError as error:  # a shape: also the RuntimeError the bare layer raises
+            raise StateShapeError(str(error)) from None
 
     def forward(self, x: Tensor | PackedSequence, hx: State | None = None):
         if isinstance(x, PackedSequence):

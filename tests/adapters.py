@@ -66,6 +66,19 @@ class Torch:
     def noisy_cell(self, cell, features, sigma, seed=0):
         return _TorchNoisy(self, cell, features, sigma, seed)
 
+    def stream(self, cell, features, strategy, seed=0, **options):
+        self.torch.manual_seed(0)
+        rnn = self.layers[cell](2, features, batch_first=True)
+        return _TorchStream(
+            self, self.ri.InitialStateRNN(rnn, strategy, seed=seed, **options), cell
+        )
+
+    def bare_run(self, cell, features, directions, x):
+        """The bare layer's outputs from its own (zero) start, or its error."""
+        rnn = self.layers[cell](2, features, bidirectional=directions == 2, batch_first=True)
+        with self.torch.no_grad():
+            return rnn(self.torch.as_tensor(x, dtype=self.torch.float32))[0].numpy()
+
 
 class _TorchState:
     def __init__(self, fw, module, cell):
@@ -144,6 +157,53 @@ class _TorchModel:
             {k.removesuffix("0"): v[i * d : (i + 1) * d].numpy() for k, v in rows.items()}
             for i in range(self.layers)
         ]
+
+
+def _torch_hx(torch, cell, state):
+    parts = [torch.tensor(state[n], dtype=torch.float32) for n in NAMES[cell]]
+    return tuple(parts) if cell == "lstm" else parts[0]
+
+
+class _TorchStream:
+    """PyTorch's idiom: the final state returned by one call goes into the next; ``None``
+    (a reset) starts from the strategy's state."""
+
+    def __init__(self, fw, module, cell):
+        self.fw, self.module, self.cell, self.hx = fw, module, cell, None
+
+    def chunk(self, x, training=False):
+        self.module.train(training)
+        with self.fw.torch.no_grad():
+            out, self.hx = self.module(self.fw.torch.as_tensor(x), self.hx)
+        return out.numpy().astype(np.float64)
+
+    def reset(self):
+        self.hx = None
+
+    def carried(self):
+        parts = self.hx if isinstance(self.hx, tuple) else (self.hx,)
+        return {
+            n: p.numpy().astype(np.float64) for n, p in zip(NAMES[self.cell], parts, strict=True)
+        }
+
+    def explicit(self, x, state):
+        self.module.eval()
+        with self.fw.torch.no_grad():
+            hx = _torch_hx(self.fw.torch, self.cell, state)
+            return self.module(self.fw.torch.as_tensor(x), hx)[0].numpy().astype(np.float64)
+
+    def vectors(self):
+        rows = self.fw.torch.nn.Module.state_dict(self.module.initial_state)
+        return {k.removesuffix("0"): v.numpy() for k, v in rows.items() if k != "std_raw"}
+
+    def save_load(self):
+        fresh = self.fw.ri.InitialStateRNN(
+            self.fw.layers[self.cell](2, self.module.rnn.hidden_size, batch_first=True),
+            self.module.strategy,
+            **{**self.module.initial_state.options, "seed": 12345},
+        )
+        fresh.load_state_dict(self.module.state_dict())
+        return _TorchStream(self.fw, fresh, self.cell)
 
 
 class _TorchNoisy:
@@ -240,6 +300,19 @@ class Keras:
     def noisy_cell(self, cell, features, sigma, seed=0):
         return _KerasNoisy(self, cell, features, sigma, seed)
 
+    def stream(self, cell, features, strategy, seed=0, **options):
+        keras = self.keras
+        keras.utils.set_random_seed(0)
+        rnn = self.layers[cell](features, return_sequences=True, stateful=True)
+        layer = self.ri.InitialStateRNN(rnn, strategy, seed=seed, **options)
+        model = keras.Sequential([keras.Input((None, 2), batch_size=3), layer])
+        return _KerasStream(self, model, cell)
+
+    def bare_run(self, cell, features, directions, x):
+        rnn = self.layers[cell](features, return_sequences=True)
+        rnn = self.keras.layers.Bidirectional(rnn) if directions == 2 else rnn
+        return np.asarray(rnn(np.asarray(x, np.float32)))
+
 
 def _keras_rows(parts, names, directions):
     """Keras's list (forward states, then backward) -> {name: (directions, batch, F)}."""
@@ -317,6 +390,46 @@ class _KerasModel:
             {w.name.removesuffix("0"): np.asarray(w.numpy()) for w in layer.initial_state.weights}
             for layer in self.stack
         ]
+
+
+class _KerasStream:
+    """Keras's idiom: a stateful layer carries its state between calls until
+    ``reset_state()``; the wrapper starts each stream from the strategy's state."""
+
+    def __init__(self, fw, model, cell):
+        self.fw, self.model, self.cell = fw, model, cell
+        self.layer = model.layers[0]
+
+    def chunk(self, x, training=False):
+        return np.asarray(self.model(np.asarray(x, np.float32), training=training), np.float64)
+
+    def reset(self):
+        self.layer.reset_state()
+
+    def carried(self):
+        states = self.layer.layer.states
+        return {
+            n: np.asarray(v.numpy(), np.float64)[None]
+            for n, v in zip(NAMES[self.cell], states, strict=True)
+        }
+
+    def explicit(self, x, state):
+        parts = [np.asarray(state[n][0], np.float32) for n in NAMES[self.cell]]
+        out = self.layer(np.asarray(x, np.float32), initial_state=parts)
+        return np.asarray(out, np.float64)
+
+    def vectors(self):
+        weights = self.layer.initial_state.weights
+        return {w.name.removesuffix("0"): w.numpy() for w in weights if w.name != "std_raw"}
+
+    def save_load(self):
+        import os
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "stream.keras")
+            self.model.save(path)
+            return _KerasStream(self.fw, self.fw.keras.models.load_model(path), self.cell)
 
 
 class _KerasNoisy:
@@ -427,6 +540,17 @@ class Linen:
     def noisy_cell(self, cell, features, sigma, seed=0):
         return _LinenNoisy(self, cell, features, sigma, seed)
 
+    def stream(self, cell, features, strategy, seed=0, **options):
+        module = self.ri.InitialStateRNN(self.cells[cell](features), strategy, **options)
+        return _LinenStream(self, module, cell, seed)
+
+    def bare_run(self, cell, features, directions, x):
+        nn, make = self.nn, lambda: self.cells[cell](features)  # noqa: E731
+        rnn = nn.RNN(make())
+        rnn = nn.Bidirectional(rnn, nn.RNN(make())) if directions == 2 else rnn
+        x = np.asarray(x, np.float32)
+        return np.asarray(rnn.apply(rnn.init(self.jax.random.key(0), x), x))
+
 
 class _LinenState:
     def __init__(self, fw, module, cell, directions, seed, variables=None):
@@ -531,6 +655,59 @@ class _LinenModel:
                 rows.update({k: np.asarray(v) for k, v in collection.get(name, {}).items()})
             out.append(rows)
         return out
+
+
+def _flax_state(carry, cell):
+    return {n: np.asarray(_pick(carry, n, cell), np.float64)[None] for n in NAMES[cell]}
+
+
+class _LinenStream:
+    """Flax's idiom (linen): the carry returned with ``return_carry=True`` goes back in
+    as ``initial_carry``; ``None`` (a reset) starts from the strategy's state."""
+
+    def __init__(self, fw, module, cell, seed, variables=None):
+        self.fw, self.module, self.cell, self.carry = fw, module, cell, None
+        self.keys = (fw.jax.random.key(seed + 1000 * i) for i in itertools.count(1))
+        x = np.zeros((1, 2, 2), np.float32)
+        self.variables = variables or module.init(fw.jax.random.key(seed), x)
+
+    def _apply(self, x, carry, training):
+        rngs = {"initial_state": next(self.keys), "noise": next(self.keys)}
+        x = np.asarray(x, np.float32)
+        return self.module.apply(
+            self.variables,
+            x,
+            initial_carry=carry,
+            return_carry=True,
+            deterministic=not training,
+            rngs=rngs,
+        )
+
+    def chunk(self, x, training=False):
+        self.carry, y = self._apply(x, self.carry, training)
+        return np.asarray(y, np.float64)
+
+    def reset(self):
+        self.carry = None
+
+    def carried(self):
+        return _flax_state(self.carry, self.cell)
+
+    def explicit(self, x, state):
+        carry = _flax_carry({n: v[:1] for n, v in state.items()}, self.cell, 1)
+        return np.asarray(self._apply(x, carry, False)[1], np.float64)
+
+    def vectors(self):
+        params = self.variables.get("params", {}).get("initial_state", {})
+        return {k: np.asarray(v) for k, v in params.items() if k != "std_raw"}
+
+    def save_load(self):
+        from flax import serialization
+
+        blob = serialization.to_bytes(self.variables)
+        fresh = self.module.init(self.fw.jax.random.key(12345), np.zeros((1, 2, 2), np.float32))
+        restored = serialization.from_bytes(fresh, blob)
+        return _LinenStream(self.fw, self.module, self.cell, 7, restored)
 
 
 class _LinenNoisy:
@@ -640,6 +817,17 @@ class NNX:
     def noisy_cell(self, cell, features, sigma, seed=0):
         return _NNXNoisy(self, cell, features, sigma, seed)
 
+    def stream(self, cell, features, strategy, seed=0, **options):
+        rnn = self.cells[cell](2, features, rngs=self.nnx.Rngs(0))
+        module = self.ri.InitialStateRNN(rnn, strategy, seed=seed, **options)
+        return _NNXStream(self, module, cell)
+
+    def bare_run(self, cell, features, directions, x):
+        nnx, rngs = self.nnx, self.nnx.Rngs(0)
+        make = lambda: nnx.RNN(self.cells[cell](x.shape[-1], features, rngs=rngs))  # noqa: E731
+        rnn = nnx.Bidirectional(make(), make()) if directions == 2 else make()
+        return np.asarray(rnn(np.asarray(x, np.float32)))
+
 
 class _NNXState:
     def __init__(self, fw, module, cell, directions):
@@ -710,6 +898,51 @@ class _NNXModel:
     def vectors(self):
         states = list(self.module.initial_state) if self.layers > 1 else [self.module.initial_state]
         return [_NNXState(self.fw, s, self.cell, self.directions).vectors() for s in states]
+
+
+class _NNXStream:
+    """Flax's idiom (NNX): as linen's, the returned carry goes back in."""
+
+    def __init__(self, fw, module, cell):
+        self.fw, self.module, self.cell, self.carry = fw, module, cell, None
+
+    def _call(self, x, carry, training):
+        self.module.set_attributes(deterministic=not training, raise_if_not_found=False)
+        x = np.asarray(x, np.float32)
+        return self.module(x, initial_carry=carry, return_carry=True)
+
+    def chunk(self, x, training=False):
+        self.carry, y = self._call(x, self.carry, training)
+        return np.asarray(y, np.float64)
+
+    def reset(self):
+        self.carry = None
+
+    def carried(self):
+        return _flax_state(self.carry, self.cell)
+
+    def explicit(self, x, state):
+        carry = _flax_carry({n: v[:1] for n, v in state.items()}, self.cell, 1)
+        return np.asarray(self._call(x, carry, False)[1], np.float64)
+
+    def vectors(self):
+        return {
+            n: np.asarray(getattr(self.module.initial_state, n)[...])
+            for n in NAMES[self.cell]
+            if hasattr(self.module.initial_state, n)
+        }
+
+    def save_load(self):
+        nnx, m = self.fw.nnx, self.module
+        fresh = self.fw.ri.InitialStateRNN(
+            self.fw.cells[self.cell](2, m.infos[0].cell.features, rngs=nnx.Rngs(5)),
+            m.strategy,
+            **{**m.initial_state.options, "seed": 12345},
+        )
+        state = nnx.state(fresh)
+        nnx.replace_by_pure_dict(state, nnx.to_pure_dict(nnx.state(m)))
+        nnx.update(fresh, state)
+        return _NNXStream(self.fw, fresh, self.cell)
 
 
 class _NNXNoisy:

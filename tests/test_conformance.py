@@ -283,6 +283,71 @@ def test_a_given_state_of_the_wrong_shape_is_refused_alike(framework, cell, wron
         model.run(X, state=[{n: np.zeros(shape) for n in names(cell)}])
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_an_empty_batch_passes_through(framework, strategy, cell):
+    """A batch of size 0 runs as through the bare layer: empty outputs of the bare layer's
+    shape, in training and evaluation; where the bare layer refuses it (Keras's LSTM on
+    TensorFlow), the same kind of error. The initial state alone is empty."""
+    model = framework.model(cell, F, 1, 2, strategy)
+    try:
+        want = framework.bare_run(cell, F, 2, X[:0])
+    except Exception as error:  # the bare layer refuses it: the wrapped one alike
+        for training in (False, True):
+            with pytest.raises(type(error)):
+                model.run(X[:0], training=training)
+    else:
+        assert want.shape == (0, T, 2 * F)
+        for training in (False, True):
+            assert model.run(X[:0], training=training).shape == want.shape
+    state = framework.initial_state(strategy, cell, F, 2, seed=1)
+    for training in (False, True):
+        drawn = state.draw(0, training=training)
+        assert {name: a.shape for name, a in drawn.items()} == {n: (2, 0, F) for n in names(cell)}
+
+
+STREAM_CASES = [
+    ("zero", {}),
+    ("learnable", {"init": "uniform"}),
+    ("noisy", {"base": "learnable", "noise_std": 0.5}),
+]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize(("strategy", "options"), STREAM_CASES, ids=[c[0] for c in STREAM_CASES])
+def test_a_stream_cut_into_chunks_carries_its_state(framework, cell, strategy, options):
+    """The framework's idiom for a stream (Keras: a stateful layer and reset_state();
+    PyTorch and Flax: the final state passed back in, None at a reset) starts from the
+    strategy's state, carries the state across chunks, starts again after a reset, and
+    survives a save and load; the noisy strategy's noise is drawn where a stream starts,
+    in training only."""
+    stream = framework.stream(cell, F, strategy, seed=3, **options)
+    whole = stream.chunk(X)  # the first call: the strategy's start
+    start = {n: np.broadcast_to(v[:, None], (1, B, F)) for n, v in stream.vectors().items()}
+    start = {n: start.get(n, np.zeros((1, B, F))) for n in names(cell)}
+    np.testing.assert_allclose(whole, stream.explicit(X, start), rtol=1e-6, atol=1e-6)
+    if strategy == "learnable":
+        zeros = {n: np.zeros((1, B, F)) for n in names(cell)}
+        assert np.abs(whole - stream.explicit(X, zeros)).max() > 1e-4
+    for restored in (stream, stream.save_load()):
+        restored.reset()
+        parts = [restored.chunk(X[:, :1]), restored.chunk(X[:, 1:3]), restored.chunk(X[:, 3:])]
+        np.testing.assert_allclose(np.concatenate(parts, 1), whole, rtol=1e-5, atol=1e-5)
+        restored.reset()
+        np.testing.assert_allclose(restored.chunk(X[:, :2]), whole[:, :2], rtol=1e-6, atol=1e-6)
+    if strategy == "noisy":
+        stream.reset()
+        first = stream.chunk(X[:, :2], training=True)
+        assert np.abs(first - whole[:, :2]).max() > 1e-3  # a noisy start
+        carried = stream.carried()
+        second = stream.chunk(X[:, 2:], training=True)
+        # no new noise within a stream: the rest runs from the carried state
+        np.testing.assert_allclose(second, stream.explicit(X[:, 2:], carried), rtol=1e-5, atol=1e-5)
+        stream.reset()
+        again = stream.chunk(X[:, :2], training=True)
+        assert np.abs(again - first).max() > 1e-3  # a fresh draw for a new stream
+
+
 @pytest.mark.parametrize("name", SIGNATURES)
 def test_the_same_keywords_and_defaults(framework, name):
     params = inspect.signature(getattr(framework.ri, name).__init__).parameters

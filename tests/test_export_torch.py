@@ -109,8 +109,9 @@ def test_batch_size_validation_still_rejects_bad_python_input():
     init = ri.InitialState("learnable", hidden_size=4)
     with pytest.raises(TypeError, match="batch_size must be an integer; got 2.5"):
         init.init(2.5)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):
-        init.init(0)
+    with pytest.raises(ValueError, match="batch_size must be a non-negative integer; got -1"):
+        init.init(-1)
+    assert init.init(0).shape == (1, 0, 4)  # an empty batch, as nn.GRU runs it
     with pytest.raises(TypeError, match="batch_size must be an integer; got True"):
         init.init(True)
     # a tensor is a size only while tracing or exporting; eagerly it is refused

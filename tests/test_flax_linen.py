@@ -419,7 +419,7 @@ def test_noisy_cell_inside_initial_state_rnn():
             "min_std",
         ),
         (lambda: ri.InitialStateRNN(nn.GRUCell(4), "xavier", seed=0), ValueError, "rng stream"),
-        (lambda: ri.InitialStateRNN(nn.MGUCell(4)), TypeError, "MGUCell"),
+        (lambda: ri.NoisyCell(nn.MGUCell(4)), TypeError, "MGUCell"),  # built-in cells only
         (lambda: ri.InitialStateRNN(nn.Dense(4)), TypeError, "Dense"),
         (lambda: ri.InitialStateRNN([]), ValueError, "at least one layer"),
         (lambda: ri.InitialState("zero", cell="conv"), ValueError, "conv"),

@@ -274,11 +274,7 @@ def test_noise_std_only_exists_for_noisy():
     [
         (lambda: keras.layers.Dense(4), "got Dense"),
         (lambda: keras.layers.GRUCell(4), r"got GRUCell \(a single cell: wrap it in"),
-        (
-            lambda: keras.layers.RNN([keras.layers.GRUCell(4), keras.layers.GRUCell(4)]),
-            "cell StackedRNNCells .stacked cells: give each layer its own",
-        ),
-        (lambda: keras.layers.ConvLSTM1D(4, 3), "with cell ConvLSTMCell"),
+        (lambda: keras.layers.LSTMCell(4), r"got LSTMCell \(a single cell: wrap it in"),
     ],
 )
 def test_initial_state_rnn_rejects_unsupported_layers(layer, message):
@@ -286,9 +282,7 @@ def test_initial_state_rnn_rejects_unsupported_layers(layer, message):
         ri.InitialStateRNN(layer())
 
 
-def test_initial_state_rnn_rejects_stateful_and_mismatched_directions():
-    with pytest.raises(ValueError, match="cannot wrap the stateful layer"):
-        ri.InitialStateRNN(keras.layers.GRU(4, stateful=True))
+def test_initial_state_rnn_rejects_mismatched_directions():
     bidi = keras.layers.Bidirectional(
         keras.layers.GRU(4), backward_layer=keras.layers.GRU(5, go_backwards=True)
     )

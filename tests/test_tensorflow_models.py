@@ -381,6 +381,250 @@ def test_config_round_trips_through_json(make):
 # --------------------------------------------------------------------------- precision
 
 
+# --------------------------------------------------------------------------- stateful
+
+
+def bare_and_wrapped(make, strategy="zero", **options):
+    """A bare stateful layer and the same layer wrapped, with the same weights, built
+    at a batch of 2 and reset."""
+    x = np.zeros((2, 1, 3), "float32")
+    bare, wrapped = make(), ri.InitialStateRNN(make(), strategy, **options)
+    bare(x), wrapped(x)
+    wrapped.layer.set_weights(bare.get_weights())
+    bare.reset_state(), wrapped.reset_state()
+    return bare, wrapped
+
+
+STATEFUL = {
+    "gru": lambda: keras.layers.GRU(4, return_sequences=True, stateful=True),
+    "lstm-state": lambda: keras.layers.LSTM(4, return_state=True, stateful=True),
+    "simple": lambda: keras.layers.SimpleRNN(4, return_sequences=True, stateful=True),
+    "bidirectional": lambda: keras.layers.Bidirectional(
+        keras.layers.LSTM(4, return_sequences=True, stateful=True)
+    ),
+}
+
+
+@pytest.mark.parametrize("make", STATEFUL.values(), ids=STATEFUL.keys())
+def test_a_stateful_layer_wrapped_with_zero_is_the_bare_layer(make):
+    """Chunk after chunk, and after reset_state() or reset_states(), the same numbers."""
+    bare, wrapped = bare_and_wrapped(make)
+    x = np.random.default_rng(0).normal(size=(2, 6, 3)).astype("float32")
+    for reset in ("reset_state", "reset_states"):
+        for chunk in (x[:, :2], x[:, 2:5], x[:, 5:]):
+            for a, b in zip(as_list(bare(chunk)), as_list(wrapped(chunk)), strict=True):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+        getattr(bare, reset)(), getattr(wrapped, reset)()
+
+
+def test_a_stateful_wrapper_starts_each_stream_from_the_learned_state():
+    _, wrapped = bare_and_wrapped(STATEFUL["gru"], "learnable", init="uniform", seed=0)
+    x = np.random.default_rng(1).normal(size=(2, 5, 3)).astype("float32")
+    h0 = np.broadcast_to(wrapped.initial_state.h0.numpy(), (2, 4))
+    want = np.asarray(keras.layers.RNN(wrapped.layer.cell, return_sequences=True)(x, [h0]))
+    for _ in range(2):  # the first stream, then one after reset_state()
+        np.testing.assert_allclose(np.asarray(wrapped(x)), want, rtol=1e-6, atol=1e-6)
+        assert np.abs(np.asarray(wrapped(x)) - want).max() > 1e-3  # carried, not restarted
+        wrapped.reset_state()
+
+
+def test_a_stateful_model_trains_predicts_and_reloads_from_the_strategy_start(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3, 3), batch_size=2)
+    layer = ri.InitialStateRNN(keras.layers.GRU(4, stateful=True), "learnable", init="uniform")
+    model = keras.Model(inputs, keras.layers.Dense(1)(layer(inputs)))
+    model.compile("adam", "mse")
+    x = np.random.default_rng(2).normal(size=(2, 6, 3)).astype("float32")
+    before = layer.initial_state.h0.numpy().copy()
+    for chunk in (x[:, :3], x[:, 3:]):
+        model.train_on_batch(chunk, np.ones((2, 1)))
+    assert np.abs(layer.initial_state.h0.numpy() - before).max() > 0  # the start learns
+    layer.reset_state()
+    first = model.predict(x[:, :3], verbose=0)
+    assert np.abs(model.predict(x[:, :3], verbose=0) - first).max() > 1e-4  # carried
+    # Keras saves no carried state: a loaded model starts a stream, from the learned state
+    model.save(tmp_path / "stateful.keras")
+    loaded = keras.models.load_model(tmp_path / "stateful.keras")
+    np.testing.assert_allclose(loaded.predict(x[:, :3], verbose=0), first, rtol=1e-6, atol=1e-6)
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_stateful_wrapper_keeps_the_bare_layers_batch_rules():
+    # A stateful layer needs a fixed batch size: refused alike.
+    for wrap in (lambda r: r, lambda r: ri.InitialStateRNN(r, "learnable")):
+        with pytest.raises(ValueError, match="batch size must be static"):
+            keras.Sequential([keras.Input((3, 3)), wrap(keras.layers.GRU(4, stateful=True))])
+    _, wrapped = bare_and_wrapped(STATEFUL["gru"], "learnable")
+    with pytest.raises(ValueError, match="carries a state for a batch of 2; got a batch of 3"):
+        wrapped(np.zeros((3, 2, 3), "float32"))
+    with pytest.raises(AttributeError, match="not stateful"):
+        ri.InitialStateRNN(keras.layers.GRU(4)).reset_state()
+
+
+# --------------------------------------------------------------------------- any cell
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class LayerNormLSTMCell(keras.layers.Layer):
+    """A user's cell of the Keras protocol: an LSTM with layer normalization of its
+    gates, ``state_size`` a list ``[units, units]``."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.state_size, self.output_size = units, [units, units], units
+        self.norm = keras.layers.LayerNormalization()
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1] + self.units, 4 * self.units))
+        self.norm.build((None, 4 * self.units))
+
+    def call(self, inputs, states):
+        h, c = states
+        z = self.norm(keras.ops.matmul(keras.ops.concatenate([inputs, h], -1), self.kernel))
+        i, f, g, o = keras.ops.split(z, 4, -1)
+        c = keras.ops.sigmoid(f) * c + keras.ops.sigmoid(i) * keras.ops.tanh(g)
+        h = keras.ops.sigmoid(o) * keras.ops.tanh(c)
+        return h, [h, c]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class MinimalCell(keras.layers.Layer):
+    """The smallest cell of the protocol: ``state_size`` an int, no get_initial_state."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = self.state_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1] + self.units, self.units))
+
+    def call(self, inputs, states):
+        h = keras.ops.tanh(
+            keras.ops.matmul(keras.ops.concatenate([inputs, states[0]], -1), self.kernel)
+        )
+        return h, [h]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+SEQ = np.random.default_rng(3).normal(size=(2, 5, 3)).astype("float32")
+GRID = np.random.default_rng(4).normal(size=(2, 3, 4, 4, 2)).astype("float32")
+ANY_CELL = {  # name: (layer, input, the shape of each state without the batch axis)
+    "int": (lambda: keras.layers.RNN(MinimalCell(4), return_sequences=True), SEQ, [(4,)]),
+    "list": (lambda: keras.layers.RNN(LayerNormLSTMCell(4)), SEQ, [(4,), (4,)]),
+    "nested": (
+        lambda: keras.layers.RNN([keras.layers.GRUCell(4), keras.layers.LSTMCell(5)]),
+        SEQ,
+        [(4,), (5,), (5,)],
+    ),
+    "bidirectional": (
+        lambda: keras.layers.Bidirectional(keras.layers.RNN(LayerNormLSTMCell(4))),
+        SEQ,
+        [(4,), (4,)],
+    ),
+    "conv-lstm-2d": (
+        lambda: keras.layers.ConvLSTM2D(3, 3, padding="same", return_sequences=True),
+        GRID,
+        [(4, 4, 3), (4, 4, 3)],
+    ),
+}
+
+
+def same_weights(make, x, strategy, **options):
+    keras.utils.set_random_seed(0)
+    bare, wrapped = make(), ri.InitialStateRNN(make(), strategy, seed=0, **options)
+    bare(x), wrapped(x)
+    wrapped.layer.set_weights(bare.get_weights())
+    return bare, wrapped
+
+
+@pytest.mark.parametrize("name", ANY_CELL)
+def test_any_cell_of_the_protocol_wrapped_with_zero_is_the_bare_layer(name):
+    make, x, shapes = ANY_CELL[name]
+    bare, wrapped = same_weights(make, x, "zero")
+    directions = 2 if name == "bidirectional" else 1
+    assert wrapped.initial_state.shapes == tuple(shapes)
+    for training in (False, True):
+        want, got = bare(x, training=training), wrapped(x, training=training)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+    # a state given explicitly, in the structure the bare layer takes, still wins
+    one = [layer.get_initial_state(2) for layer in ri._directions(bare)]
+    given = [keras.tree.map_structure(lambda s: s + 0.5, s) for part in one for s in part]
+    want = bare(x, initial_state=given)
+    got = wrapped(x, initial_state=given)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+    assert len(given) == directions * len(one[0])
+
+
+@pytest.mark.parametrize("name", ANY_CELL)
+def test_a_learnable_state_of_any_cell_has_one_weight_per_element(name):
+    """Each state's weight has the state's whole shape (a ConvLSTM's: one start per
+    position and channel), broadcast over the batch only; the wrapped layer runs from
+    it, and it is trained."""
+    make, x, shapes = ANY_CELL[name]
+    bare, wrapped = same_weights(make, x, "learnable", init="uniform")
+    directions = 2 if name == "bidirectional" else 1
+    vectors = [w.numpy() for w in wrapped.initial_state.weights]
+    assert [v.shape for v in vectors] == [(directions, *s) for s in shapes]
+    states = [np.broadcast_to(v[d], (2, *v.shape[1:])) for d in range(directions) for v in vectors]
+    given = wrapped._pack([keras.ops.convert_to_tensor(s) for s in states])
+    want = bare(x, initial_state=given)
+    np.testing.assert_allclose(np.asarray(wrapped(x)), np.asarray(want), rtol=1e-6, atol=1e-6)
+    weights = wrapped.initial_state.trainable_weights
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(wrapped(x) ** 2)
+    for grad in tape.gradient(loss, weights):
+        assert grad is not None and float(keras.ops.max(keras.ops.abs(grad))) > 0
+
+
+@pytest.mark.parametrize("name", ["list", "conv-lstm-2d"])
+def test_a_noisy_state_of_any_cell_is_the_base_outside_training(name):
+    make, x, _ = ANY_CELL[name]
+    bare, wrapped = same_weights(make, x, "noisy", noise_std=0.5)
+    evaluated = np.asarray(wrapped(x))
+    np.testing.assert_allclose(evaluated, np.asarray(bare(x)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(evaluated, np.asarray(wrapped(x)))
+    assert np.abs(np.asarray(wrapped(x, training=True)) - evaluated).max() > 1e-3
+
+
+def test_any_cell_saves_loads_and_runs_stateful(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, 3), batch_size=2)
+    layer = ri.InitialStateRNN(
+        keras.layers.RNN(LayerNormLSTMCell(4), stateful=True), "learnable", init="uniform"
+    )
+    model = keras.Model(inputs, layer(inputs))
+    first = np.asarray(model(SEQ[:, :2]))
+    second = np.asarray(model(SEQ[:, 2:]))
+    layer.reset_state()
+    np.testing.assert_array_equal(np.asarray(model(SEQ[:, :2])), first)
+    model.save(tmp_path / "cell.keras")
+    loaded = keras.models.load_model(tmp_path / "cell.keras")
+    np.testing.assert_allclose(np.asarray(loaded(SEQ[:, :2])), first, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(loaded(SEQ[:, 2:])), second, rtol=1e-6, atol=1e-6)
+    names = [w.name for w in loaded.layers[1].initial_state.weights]
+    assert names == ["state_0", "state_1"]
+
+
+def test_initial_state_takes_any_shapes_and_refuses_bad_ones():
+    init = ri.InitialState("learnable", shapes=[(4, 4, 3), (4, 4, 3)], init="uniform", seed=0)
+    states = init.get_initial_state(2)
+    assert [tuple(s.shape) for s in states] == [(2, 4, 4, 3)] * 2
+    bound = spec.uniform_bound(3)  # the last axis: the features at one position
+    assert 0 < float(keras.ops.max(keras.ops.abs(states[0]))) <= bound
+    config = init.get_config()
+    assert ri.InitialState.from_config(config).shapes == ((4, 4, 3), (4, 4, 3))
+    with pytest.raises(TypeError, match="shapes must be a non-empty list"):
+        ri.InitialState("zero", shapes=[4])
+    with pytest.raises(TypeError, match="needs units="):
+        ri.InitialState("zero")
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_state_comes_in_the_compute_dtype(policy):
     compute = policy.split("_")[1]

@@ -657,7 +657,7 @@ def test_seed_style_usage():
         (lambda: ri.InitialState("zero", hidden_size=4, cell="transformer"), ValueError, "gru"),
         (lambda: ri.InitialState("zero", hidden_size=0), ValueError, "hidden_size"),
         (lambda: ri.InitialState("xavier", hidden_size=4, bound=1), ValueError, "'bound'"),
-        (lambda: ri.InitialState("zero", hidden_size=4).init(0), ValueError, "batch_size"),
+        (lambda: ri.InitialState("zero", hidden_size=4).init(-1), ValueError, "batch_size"),
     ],
 )
 def test_bad_input_is_named(call, exc, match):
@@ -677,6 +677,35 @@ def test_wrong_explicit_state_is_rejected():
         lstm(x, (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4)))
     with pytest.raises(ValueError, match="3-D"):
         gru(torch.zeros(2, 3, 4, 5))
+
+
+@pytest.mark.parametrize("kind", [nn.GRU, nn.LSTM])
+def test_a_wrong_hx_raises_what_the_bare_layer_raises(kind):
+    """The bare layer raises a RuntimeError for an hx of the wrong shape; the wrapper's
+    error is that and the package's ValueError, with its own message."""
+    x, hx = torch.randn(2, 5, 3), torch.zeros(1, 3, 4)  # a batch of 2, a state for 3
+    hx = (hx, hx) if kind is nn.LSTM else hx
+    bare = kind(3, 4, batch_first=True)
+    with pytest.raises(RuntimeError):
+        bare(x, hx)
+    model = ri.InitialStateRNN(bare, "zero")
+    for error in (RuntimeError, ValueError, ri.StateShapeError):
+        with pytest.raises(error, match=r"initial state h0 has shape \(1, 3, 4\); expected \(1, 2"):
+            model(x, hx)
+
+
+@pytest.mark.parametrize("kind", [nn.GRU, nn.LSTM, nn.RNN])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_an_empty_batch_returns_what_the_bare_layer_returns(kind, strategy):
+    bare = kind(3, 4, num_layers=2, batch_first=True)
+    model = ri.InitialStateRNN(bare, strategy, seed=0)
+    x = torch.zeros(0, 5, 3)
+    for training in (True, False):
+        model.train(training)
+        want, got = bare(x), model(x)
+        assert got[0].shape == want[0].shape == (0, 5, 4)
+        for a, b in zip(ri._parts(got[1]), ri._parts(want[1]), strict=True):
+            assert a.shape == b.shape == (2, 0, 4)
 
 
 def test_noisy_attributes_only_on_noisy():

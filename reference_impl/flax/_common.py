@@ -30,24 +30,78 @@ Dtype = Any
 Initializer = Callable[[Array, tuple[int, ...], Dtype], Array]
 
 
+OTHER = "cell"
+"""The kind of any cell of the protocol other than the built-in ones."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CellInfo:
-    """What an initial state needs to know about a cell."""
+    """What an initial state needs to know about a cell.
 
-    kind: str  # "gru", "lstm" or "rnn"
+    A built-in cell is its kind (``"gru"``, ``"lstm"``, ``"rnn"``) and ``features``.
+    Any other cell (kind :data:`OTHER`) is its carry: the structure (``treedef``) and
+    the shape of each array without the batch axes (``shapes``), read from its
+    ``initialize_carry`` once the input's feature shape is known (until then
+    ``shapes`` is empty); ``features`` is then the last axis of its first array."""
+
+    kind: str
     features: int
     param_dtype: Dtype
+    shapes: tuple[tuple[int, ...], ...] = ()
+    treedef: Any = None
+    feature_axes: int = 1  # the cell's num_feature_axes: the input's axes after time
+
+    @property
+    def other(self) -> bool:
+        return self.kind == OTHER
+
+    @property
+    def known(self) -> bool:
+        """Whether the carry's structure and shapes are known."""
+        return not self.other or bool(self.shapes)
 
     @property
     def names(self) -> tuple[str, ...]:
+        if self.other:
+            return tuple(f"state_{i}" for i in range(len(self.shapes)))
         return ("h", "c") if self.kind == "lstm" else ("h",)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of component ``name`` without the batch axes."""
+        return self.shapes[self.names.index(name)] if self.other else (self.features,)
+
     def assemble(self, parts: Mapping[str, Array]) -> Carry:
+        if self.other:
+            return jax.tree.unflatten(self.treedef, [parts[n] for n in self.names])
         return (parts["c"], parts["h"]) if self.kind == "lstm" else parts["h"]
 
     def split(self, carry: Carry) -> dict[str, Array]:
         """The components of a carry by name: the inverse of :meth:`assemble`."""
+        if self.other:
+            return dict(zip(self.names, jax.tree.leaves(carry), strict=True))
         return {"c": carry[0], "h": carry[1]} if self.kind == "lstm" else {"h": carry}
+
+    def example(self) -> Carry:
+        """Another cell's carry for one sequence, as ``jax.ShapeDtypeStruct`` s."""
+        parts = {n: jax.ShapeDtypeStruct(self.shape(n), self.param_dtype) for n in self.names}
+        return self.assemble(parts)
+
+
+def other_cell_info(carry: Carry, param_dtype: Dtype, feature_axes: int = 1) -> CellInfo:
+    """The :class:`CellInfo` of a carry for one sequence (no batch axes): arrays or
+    ``jax.ShapeDtypeStruct`` s in any structure."""
+    leaves, treedef = jax.tree.flatten(carry)
+    if not leaves or not all(hasattr(leaf, "shape") for leaf in leaves):
+        raise TypeError(
+            "carry must be the carry of one sequence, arrays (or jax.ShapeDtypeStruct) in "
+            "any structure, e.g. jax.eval_shape(cell.initialize_carry, key, input_shape); "
+            f"got {carry!r}"
+        )
+    shapes = tuple(tuple(int(n) for n in leaf.shape) for leaf in leaves)
+    features = spec.carry_features(shapes[0])
+    for shape in shapes:
+        spec.carry_features(shape)  # every array has a features axis
+    return CellInfo(OTHER, features, param_dtype, shapes, treedef, feature_axes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +129,64 @@ class Api:
         cells = ("GRUCell", "LSTMCell", "OptimizedLSTMCell", "SimpleCell")
         return ", ".join(f"{self.prefix}.{c}" for c in cells) + f" or {self.ri}.NoisyCell"
 
+    @property
+    def protocol(self) -> str:
+        return f"an {self.prefix}.RNNCellBase defining initialize_carry and num_feature_axes"
+
     def cell_info(self, cell: object) -> CellInfo:
-        """Kind, features and dtype of a cell; a NoisyCell's are its wrapped cell's."""
+        """A built-in cell's kind, features and dtype (a NoisyCell's are its wrapped
+        cell's); for any other cell of the protocol, a CellInfo whose carry is read
+        later (:meth:`carry_info`); else a ``TypeError`` naming what is missing."""
+        try:
+            return self.builtin_info(cell)
+        except TypeError:
+            if _is_noisy(cell):
+                raise
+        missing = self.missing(cell)
+        if missing:
+            raise TypeError(
+                f"unsupported cell {type(cell).__name__}: a Flax {self.name} cell is "
+                f"{self.protocol} (as {self.supported}); {type(cell).__name__} "
+                + ", and ".join(missing)
+            ) from None
+        dtype = getattr(cell, "param_dtype", None) or jnp.float32
+        return CellInfo(OTHER, 0, dtype, feature_axes=_feature_axes(cell))
+
+    def missing(self, cell: object) -> list[str]:
+        """What ``cell`` lacks of the cell protocol, in words (empty if nothing)."""
+        base = self.lib.RNNCellBase
+        if not isinstance(cell, base):
+            return [f"is not an {self.prefix}.RNNCellBase"]
+        own = [k for k in type(cell).__mro__ if issubclass(k, base) and k is not base]
+        names = ("initialize_carry", "num_feature_axes", "__call__")
+        return [f"does not define {n}" for n in names if not any(n in vars(k) for k in own)]
+
+    def carry_info(self, cell: Any, info: CellInfo, feature_shape: Sequence[int]) -> CellInfo:
+        """``info`` with another cell's carry read from its ``initialize_carry`` for
+        inputs of ``feature_shape`` (one batch row, whose axis is then dropped)."""
+        if info.known:
+            return info
+        shape = (1, *(int(n) for n in feature_shape))
+        if self.name == "linen":  # a linen cell's initialize_carry takes a key first
+            carry = jax.eval_shape(lambda: cell.initialize_carry(jax.random.key(0), shape))
+        else:
+            carry = cell.initialize_carry(shape)
+        leaves, treedef = jax.tree.flatten(carry)
+        if not leaves or any(leaf.ndim == 0 or leaf.shape[0] != 1 for leaf in leaves):
+            got = describe_shapes(carry)
+            raise ValueError(
+                f"{type(cell).__name__}.initialize_carry for inputs of shape {shape} returned "
+                f"{got}; expected arrays with the input's batch axes first, (1, ...)"
+            )
+        rows = jax.tree.unflatten(
+            treedef, [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in leaves]
+        )
+        return other_cell_info(rows, info.param_dtype, info.feature_axes)
+
+    def builtin_info(self, cell: object) -> CellInfo:
+        """Kind, features and dtype of a built-in cell, else a ``TypeError``."""
         if _is_noisy(cell):
-            return self.cell_info(cell.cell)
+            return self.builtin_info(cell.cell)
         lib = self.lib
         kinds = {
             "lstm": (lib.LSTMCell, lib.OptimizedLSTMCell),
@@ -108,10 +216,11 @@ class Api:
         for item in rnn if stack else [rnn]:
             item = wrap(item) if isinstance(item, self.lib.RNNCellBase) else item
             if not isinstance(item, (self.lib.RNN, self.lib.Bidirectional)):
+                why = ", and ".join(self.missing(item))
                 raise TypeError(
-                    f"InitialStateRNN wraps a Flax {self.name} cell ({self.supported}), an "
-                    f"{self.prefix}.RNN or {self.prefix}.Bidirectional of one, or a list of "
-                    f"those; got {type(item).__name__}"
+                    f"InitialStateRNN wraps a Flax {self.name} cell ({self.protocol}, as "
+                    f"{self.supported}), an {self.prefix}.RNN or {self.prefix}.Bidirectional "
+                    f"of one, or a list of those; got {type(item).__name__}, which {why}"
                 )
             layers.append(item)
             infos.append(self._layer_info(item))
@@ -129,7 +238,7 @@ class Api:
                 got = type(rnn).__name__
                 raise TypeError(f"InitialStateRNN wraps an {names} of two RNN layers; got {got}")
         found = [self.cell_info(rnn.cell) for rnn in rnns]
-        if len({(f.kind, f.features) for f in found}) > 1:
+        if len({(f.kind, f.features, f.feature_axes) for f in found}) > 1:
             a, b = found
             raise ValueError(
                 f"the two directions of {names} must have the same cell kind and features; got "
@@ -138,8 +247,36 @@ class Api:
         noisy = any(_is_noisy(rnn.cell) for rnn in rnns)
         return LayerInfo(found[0], len(rnns), layer.time_major, layer.return_carry, noisy)
 
-    def resolve_cell(self, cell: Any, features: int | None, param_dtype: Dtype) -> CellInfo:
-        """The :class:`CellInfo` from a cell kind name (with ``features``) or a cell."""
+    def layer_carry(self, layer: Any, info: LayerInfo, feature_shape: Sequence[int]) -> LayerInfo:
+        """``info`` with its cell's carry known (:meth:`carry_info`); both directions of a
+        Bidirectional must carry the same shapes."""
+        if info.cell.known:
+            return info
+        found = [
+            self.carry_info(rnn.cell, info.cell, feature_shape) for rnn in self.directions(layer)
+        ]
+        if len({(f.shapes, f.treedef) for f in found}) > 1:
+            a, b = (describe_shapes(f.example()) for f in found)
+            raise ValueError(
+                f"the two directions of a Bidirectional carry {a} and {b}; "
+                "InitialStateRNN needs the same in both"
+            )
+        return dataclasses.replace(info, cell=found[0])
+
+    def resolve_cell(
+        self, cell: Any, features: int | None, param_dtype: Dtype, carry: Carry = None
+    ) -> CellInfo:
+        """The :class:`CellInfo` from a cell kind name (with ``features``), a built-in
+        cell, or the ``carry`` of one sequence of any cell."""
+        if carry is not None:
+            return other_cell_info(carry, param_dtype, _feature_axes(cell))
+        if isinstance(cell, self.lib.Module) and not _is_builtin(self, cell):
+            self.cell_info(cell)  # a TypeError for a cell outside the protocol
+            raise ValueError(
+                f"an InitialState of a {type(cell).__name__} needs carry=<its carry for one "
+                "sequence>, e.g. jax.eval_shape(cell.initialize_carry, ...) for one input "
+                "step without batch axes: the carry's shapes depend on the input"
+            )
         if isinstance(cell, self.lib.Module):
             found = self.cell_info(cell)
             if features is not None and features != found.features:
@@ -162,10 +299,33 @@ def _is_noisy(cell: object) -> bool:
     return hasattr(cell, "noise_std") and hasattr(cell, "cell")
 
 
+def _is_builtin(api: Api, cell: object) -> bool:
+    try:
+        api.builtin_info(cell)
+    except TypeError:
+        return False
+    return True
+
+
+def _feature_axes(cell: object) -> int:
+    """A cell's ``num_feature_axes`` (1 for a kind name or a cell without one)."""
+    try:
+        return int(cell.num_feature_axes)
+    except (AttributeError, NotImplementedError, TypeError):
+        return 1
+
+
+def describe_shapes(carry: Carry) -> str:
+    """A carry's structure with the shape of each array, for messages."""
+    return str(jax.tree.map(lambda x: tuple(x.shape), carry))
+
+
 def state_args(info: LayerInfo) -> dict[str, Any]:
-    """The keywords of the InitialState of one wrapped layer."""
+    """The keywords of the InitialState of one wrapped layer (its carry known)."""
     cell = info.cell
     args = {"cell": cell.kind, "features": cell.features, "param_dtype": cell.param_dtype}
+    if cell.other:
+        args = {"carry": cell.example(), "param_dtype": cell.param_dtype}
     return {**args, "bidirectional": info.directions == 2}
 
 
@@ -184,6 +344,7 @@ def normal(key: Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
 
 
 def vector_initializer(plan: spec.Strategy, features: int) -> Initializer:
+    # ``features``: the size that sets the bounds (spec.carry_features of the shape)
     """A Flax-style initializer ``(key, shape, dtype)`` for the stored or learnable
     vectors, from ``plan.vector_init``: zeros, ``U(-b, b)`` or the user's callable."""
     init = plan.vector_init(features)
@@ -255,11 +416,10 @@ def check_batch_shape(batch_shape: int | Sequence[int]) -> tuple[int, ...]:
             f"batch_shape must be an int or a tuple of ints; got {batch_shape!r} "
             f"of type {type(batch_shape).__name__}"
         )
-    # A symbolic size (jax.export with a dynamic batch) is the size of a real input.
-    return tuple(
-        b if jax.export.is_symbolic_dim(b) else spec.check_positive_int("batch_shape entry", b)
-        for b in batch_shape
-    )
+    # A symbolic size (jax.export with a dynamic batch) is the size of a real input; a
+    # size 0 is an empty batch, which nn.RNN and nnx.RNN run (to empty outputs).
+    check = lambda b: spec.check_positive_int("batch_shape entry", b, allow_zero=True)  # noqa: E731
+    return tuple(b if jax.export.is_symbolic_dim(b) else check(b) for b in batch_shape)
 
 
 def make_state(
@@ -275,18 +435,22 @@ def make_state(
     """One layer's carry (a ``(forward, backward)`` pair for two directions) from the
     ``(directions, features)`` ``vectors``, a per-call ``draw_key``, or zeros, plus
     ``noise=(key, std)`` if given."""
-    names, dtype, features = cell.names, cell.param_dtype, cell.features
-    shape = (directions, *batch_shape, features)
+    names, dtype = cell.names, cell.param_dtype
     keys = dict(zip(("draw", "noise"), (draw_key, noise and noise[0]), strict=True))
     keys = {k: jax.random.split(v, len(names)) for k, v in keys.items() if v is not None}
     rows = {}
     for i, name in enumerate(names):
+        own = cell.shape(name)
+        shape = (directions, *batch_shape, *own)
         if vectors is not None:
-            # One vector per row, broadcast over the batch (never one per batch row).
+            # One vector (or array of the component's shape) per row, broadcast over the
+            # batch axes (never one per batch row).
             vec = jnp.asarray(vectors[name], dtype)
-            state = jnp.broadcast_to(vec.reshape(directions, *(1,) * len(batch_shape), -1), shape)
+            vec = vec.reshape(directions, *(1,) * len(batch_shape), *own)
+            state = jnp.broadcast_to(vec, shape)
         elif "draw" in keys:
-            state = uniform(keys["draw"][i], shape, plan.draw_bound(features), dtype)
+            bound = plan.draw_bound(spec.carry_features(own))
+            state = uniform(keys["draw"][i], shape, bound, dtype)
         else:
             state = jnp.zeros(shape, dtype)
         if "noise" in keys:
@@ -299,16 +463,23 @@ def make_state(
 # ------------------------------------------------------------------ given carries
 
 
-def batch_shape_of(inputs: Array, time_major: bool) -> tuple[int, ...]:
-    if inputs.ndim < 2:
+def batch_shape_of(inputs: Array, time_major: bool, feature_axes: int = 1) -> tuple[int, ...]:
+    """The batch axes of ``inputs``: all but time and the cell's ``feature_axes``."""
+    if inputs.ndim < 1 + feature_axes:
+        what = "features" if feature_axes == 1 else f"{feature_axes} feature axes"
         raise ValueError(
-            "inputs must be (*batch, time, features), or (time, *batch, features) with "
+            f"inputs must be (*batch, time, {what}), or (time, *batch, {what}) with "
             f"time_major=True; got shape {tuple(inputs.shape)}"
         )
-    return tuple(inputs.shape[1:-1] if time_major else inputs.shape[:-2])
+    end = inputs.ndim - feature_axes
+    return tuple(inputs.shape[1:end] if time_major else inputs.shape[: end - 1])
 
 
 def _layout_hint(layers: Sequence[LayerInfo], stack: bool) -> str:
+    if any(layer.cell.other for layer in layers):
+        known = [layer.cell for layer in layers if layer.cell.known]
+        carry = "; ".join(describe_shapes(cell.example()) for cell in known)
+        return f"the cell's own carry, {carry} after the batch axes"
     parts = []
     if any(layer.cell.kind == "lstm" for layer in layers):
         parts.append("an LSTM carry is a tuple (c, h)")
@@ -320,24 +491,58 @@ def _layout_hint(layers: Sequence[LayerInfo], stack: bool) -> str:
 
 
 def given_carries(
-    initial_carry: Carry | None, infos: Sequence[LayerInfo], stack: bool, batch: tuple[int, ...]
+    initial_carry: Carry | None,
+    infos: Sequence[LayerInfo],
+    stack: bool,
+    batch: tuple[int, ...],
+    index: int | None = None,
 ) -> tuple[Carry, ...] | None:
-    """``initial_carry`` as one carry per layer, checked against the layers' layout."""
+    """``initial_carry`` as one carry per layer, checked against the layers' layout;
+    with ``index``, only layer ``index`` is checked (its carry known: another cell's
+    carry in a stack is known once its input is) and its carry returned alone."""
     if initial_carry is None:
         return None
+    if index is not None:
+        if stack and (
+            not isinstance(initial_carry, (tuple, list)) or len(initial_carry) != len(infos)
+        ):
+            raise TypeError(
+                f"the initial carry of a stack of {len(infos)} layers is a tuple with one "
+                f"carry per layer; got {spec.describe_state(initial_carry)}"
+            )
+        part = initial_carry[index] if stack else initial_carry
+        label = f"[{index}]" if stack else ""
+        return _given([part], [infos[index]], batch, [label], _layout_hint(infos, stack))
+    labels = [f"[{i}]" if stack else "" for i in range(len(infos))]
+    given = initial_carry if stack else [initial_carry]
+    hint = _layout_hint(infos, stack)
+    return _given(given, infos, batch, labels, hint, whole=initial_carry if stack else None)
+
+
+def _given(
+    given: Sequence[Carry],
+    infos: Sequence[LayerInfo],
+    batch: tuple[int, ...],
+    labels: Sequence[str],
+    hint: str,
+    whole: Carry = None,
+) -> tuple[Carry, ...]:
     expected = []
-    for i, info in enumerate(infos):
-        layer, shape = f"[{i}]" if stack else "", (*batch, info.cell.features)
+    for info, layer in zip(infos, labels, strict=True):
         directions = ("",) if info.directions == 1 else ("_forward", "_backward")
+        cell = info.cell
         carries = tuple(
-            info.cell.assemble({n: spec.Slot(n + d + layer, shape) for n in info.cell.names})
+            cell.assemble(
+                {n: spec.Slot(n + d + layer, (*batch, *cell.shape(n))) for n in cell.names}
+            )
             for d in directions
         )
         expected.append(carries if info.directions == 2 else carries[0])
-    expected = tuple(expected) if stack else expected[0]
-    leaves = spec.check_given_state(initial_carry, expected, _layout_hint(infos, stack))
-    carry = jax.tree.unflatten(jax.tree.structure(expected), leaves)  # lists become tuples
-    return tuple(carry) if stack else (carry,)
+    if whole is not None:  # a whole stack: checked as one tuple
+        leaves = spec.check_given_state(whole, tuple(expected), hint)
+        return tuple(jax.tree.unflatten(jax.tree.structure(tuple(expected)), leaves))
+    leaves = spec.check_given_state(given[0], expected[0], hint)
+    return (jax.tree.unflatten(jax.tree.structure(expected[0]), leaves),)  # lists become tuples
 
 
 def finish(

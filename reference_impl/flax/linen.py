@@ -108,6 +108,8 @@ class _InitialStateFields(nn.Module):
     options: Mapping[str, Any] = FrozenDict()
     param_dtype: Dtype = jnp.float32
     deterministic: bool | None = None
+    shapes: tuple[tuple[int, ...], ...] = ()  # any other cell: its carry's shapes ...
+    treedef: Any = None  # ... and structure
 
 
 class InitialState(_InitialStateFields):
@@ -120,6 +122,13 @@ class InitialState(_InitialStateFields):
     ``features``) or a linen cell; ``deterministic`` (also a call argument, which wins)
     turns the noisy strategy's noise off. Variables ``"h"``/``"c"`` are
     ``(directions, features)``; a learnable sigma is ``"std_raw"`` in ``"params"``.
+
+    For any other cell, ``carry=`` is its carry for one sequence (arrays or
+    ``jax.ShapeDtypeStruct`` s, no batch axes), e.g. ``jax.eval_shape(cell.initialize_carry,
+    key, step_shape)``: the state has that structure, with the batch axes in front;
+    the variables are ``"state_0"``, ``"state_1"``, ... in the order of
+    ``jax.tree.leaves``, each ``(directions, *its shape)``: one value per element of the
+    carry (for a ``ConvLSTMCell``, per position and channel), broadcast over the batch.
 
     >>> import jax, jax.numpy as jnp
     >>> state = InitialState("xavier", cell="lstm", features=16, resample=False)
@@ -140,12 +149,17 @@ class InitialState(_InitialStateFields):
         bidirectional: bool = False,
         param_dtype: Dtype = jnp.float32,
         deterministic: bool | None = None,
+        carry: Carry = None,
         **options: Any,
     ) -> None:
+        shapes, treedef = options.pop("shapes", ()), options.pop("treedef", None)
         module_args, strategy, resolved = _constructor_options(
             strategy, options, "reference_impl.flax.linen.InitialState"
         )
-        info = _API.resolve_cell(cell, features, param_dtype)
+        if shapes:  # rebuilt by linen from the fields of another cell's state
+            info = C.CellInfo(C.OTHER, features, param_dtype, tuple(shapes), treedef)
+        else:
+            info = _API.resolve_cell(cell, features, param_dtype, carry)
         super().__init__(
             strategy=strategy,
             cell=info.kind,
@@ -154,6 +168,8 @@ class InitialState(_InitialStateFields):
             options=FrozenDict(resolved),
             param_dtype=info.param_dtype,
             deterministic=deterministic,
+            shapes=info.shapes,
+            treedef=info.treedef,
             **module_args,
         )
 
@@ -164,14 +180,17 @@ class InitialState(_InitialStateFields):
         """The initial carry for ``batch_shape`` (``()`` for one unbatched sequence)."""
         batch_shape = C.check_batch_shape(batch_shape)
         plan = C.make_plan(self.strategy, self.options)
-        info = C.CellInfo(self.cell, self.features, self.param_dtype)
-        rows = (2 if self.bidirectional else 1, self.features)
+        info = C.CellInfo(self.cell, self.features, self.param_dtype, self.shapes, self.treedef)
+        directions = 2 if self.bidirectional else 1
+        rows = {n: (directions, *info.shape(n)) for n in info.names}
         vectors = draw_key = noise = None
         if plan.source == "param":
-            init = C.vector_initializer(plan, self.features)
-            vectors = {n: self.param(n, init, rows, self.param_dtype) for n in info.names}
+            vectors = {
+                n: self.param(n, C.vector_initializer(plan, shape[-1]), shape, self.param_dtype)
+                for n, shape in rows.items()
+            }
         elif plan.source == "stored":
-            vectors = {n: self._buffer(plan, n, rows) for n in info.names}
+            vectors = {n: self._buffer(plan, n, shape) for n, shape in rows.items()}
         elif plan.source == "draw":
             draw_key = _rng_key(self, INITIAL_STATE_RNG, f"strategy {self.strategy!r}")
         if plan.noise is not None:
@@ -180,18 +199,18 @@ class InitialState(_InitialStateFields):
                 what = "strategy 'noisy' with deterministic=False"
                 noise = (_rng_key(self, NOISE_RNG, what), std)
         return C.make_state(
-            plan, info, rows[0], batch_shape, vectors=vectors, draw_key=draw_key, noise=noise
+            plan, info, directions, batch_shape, vectors=vectors, draw_key=draw_key, noise=noise
         )
 
     @nn.nowrap
-    def _buffer(self, plan: spec.Strategy, name: str, shape: tuple[int, int]) -> Array:
+    def _buffer(self, plan: spec.Strategy, name: str, shape: tuple[int, ...]) -> Array:
         if not self.is_initializing() and not self.has_variable(BUFFERS, name):
             raise ValueError(
                 f"resample=False keeps its draw in the {BUFFERS!r} collection, which apply "
                 f"was not given: pass every collection returned by init, e.g. "
                 f"model.apply(variables, ...), not only {{'params': ...}}"
             )
-        bound = plan.draw_bound(self.features)
+        bound = plan.draw_bound(shape[-1])
         draw = lambda: C.uniform(self.make_rng("params"), shape, bound, self.param_dtype)  # noqa: E731
         return self.variable(BUFFERS, name, draw).value
 
@@ -241,11 +260,16 @@ class _InitialStateRNNFields(nn.Module):
 class InitialStateRNN(_InitialStateRNNFields):
     """Wraps Flax linen recurrent layers and gives them an initial-state strategy.
 
-    ``rnn`` is a cell (or a :class:`NoisyCell` of one), an ``nn.RNN``, an
-    ``nn.Bidirectional`` of two, or a list of those (a stack); each layer is one
-    ``nn.RNN`` scan. ``model.apply(variables, x)`` returns the last layer's outputs,
-    ``(carry, outputs)`` with ``return_carry=True`` (default: the layer's own; a
-    stack's carry has one carry per layer). ``initial_carry`` wins over the strategy;
+    ``rnn`` is a cell (any ``nn.RNNCellBase``, or a :class:`NoisyCell` of a built-in
+    one), an ``nn.RNN``, an ``nn.Bidirectional`` of two, or a list of those (a stack);
+    each layer is one ``nn.RNN`` scan. Another cell's carry (structure, shapes) is read
+    from its ``initialize_carry`` for the input's feature shape, and the state is one
+    value per carry element, broadcast over the batch axes (see :class:`InitialState`).
+    A stream is carried by passing the returned carry back in as ``initial_carry``;
+    ``None`` starts from the strategy's state. ``model.apply(variables, x)`` returns the
+    last layer's outputs, ``(carry, outputs)`` with ``return_carry=True`` (default: the
+    layer's own; a stack's carry has one carry per layer). ``initial_carry`` wins over
+    the strategy;
     ``deterministic`` applies to the noisy strategy and to every NoisyCell inside.
 
     >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -293,24 +317,34 @@ class InitialStateRNN(_InitialStateRNNFields):
         """Run the layers from the strategy's state (or ``initial_carry``)."""
         layers: _Layers = self.rnn
         x = jnp.asarray(inputs)
-        batch_shape = C.batch_shape_of(x, layers.infos[0].time_major)
+        first = layers.infos[0]
+        batch_shape = C.batch_shape_of(x, first.time_major, first.cell.feature_axes)
         deterministic = self.deterministic if deterministic is None else deterministic
         if deterministic is None and self.is_initializing():
             deterministic = True
-        given = C.given_carries(initial_carry, layers.infos, layers.stack, batch_shape)
+        infos = list(layers.infos)
+        if all(info.cell.known for info in infos):  # checked before any layer runs
+            given = C.given_carries(initial_carry, infos, layers.stack, batch_shape)
         carries = []
-        for i, (layer, info) in enumerate(zip(layers.modules, layers.infos, strict=True)):
+        for i, layer in enumerate(layers.modules):
+            # Another cell's carry is read from its initialize_carry, for this layer's input.
+            feature_shape = x.shape[x.ndim - infos[i].cell.feature_axes :]
+            info = infos[i] = _API.layer_carry(layer, infos[i], feature_shape)
+            if initial_carry is not None and not all(f.cell.known for f in layers.infos):
+                given = C.given_carries(initial_carry, infos, layers.stack, batch_shape, i)
+                given = {i: given[0]}
             suffix = f"_{i}" if layers.stack else ""
             args = {"deterministic": deterministic, "options": self.options, **C.state_args(info)}
             state = InitialState(self.strategy, name="initial_state" + suffix, **args)
             # At init the state's variables are created even when a carry is given,
             # so a later call without one finds them.
-            carry = state(batch_shape) if given is None or self.is_initializing() else None
-            carry = carry if given is None else given[i]
+            carry = state(batch_shape) if initial_carry is None or self.is_initializing() else None
+            carry = carry if initial_carry is None else given[i]
             module, x_in = self._prepare(layer, info, x, deterministic)
             module = module.clone(parent=self, name="rnn" + suffix)
             carry, x = module(x_in, initial_carry=carry, seq_lengths=seq_lengths, return_carry=True)
             carries.append(carry)
+        layers = _Layers(layers.modules, tuple(infos), layers.stack)
         return C.finish(carries, x, layers.infos, layers.stack, return_carry)
 
     @nn.nowrap
@@ -372,7 +406,7 @@ class NoisyCell(nn.RNNCellBase):
     noise_block: tuple[int, int] | None = None  # set by InitialStateRNN: pre-drawn noise
 
     def __post_init__(self) -> None:
-        _API.cell_info(self.cell)  # a TypeError for an unsupported cell, at construction
+        _API.builtin_info(self.cell)  # a TypeError for an unsupported cell, at construction
         self._rule()
         _reject_seed(self.seed, "reference_impl.flax.linen.NoisyCell")
         super().__post_init__()

@@ -134,7 +134,8 @@ class InitialState(_Sigma, nnx.Module):
     :class:`~reference_impl.flax.linen.InitialState` does, for ``nnx.RNN(cell)(x,
     initial_carry=...)``. ``cell`` is a kind (with ``features``) or an NNX cell;
     ``rngs`` (or ``seed``) serves the draws; ``deterministic=True`` (``model.eval()``)
-    turns the noisy strategy's noise off.
+    turns the noisy strategy's noise off. For any other cell, ``carry=`` is its carry
+    for one sequence, as in linen's; the variables are ``state_0``, ``state_1``, ...
 
     >>> state = InitialState("noisy", cell="lstm", features=4, noise_std=0.5, rngs=nnx.Rngs(0))
     >>> c, h = state((2,))
@@ -155,24 +156,27 @@ class InitialState(_Sigma, nnx.Module):
         param_dtype: Dtype = jnp.float32,
         deterministic: bool = False,
         rngs: nnx.Rngs | nnx.RngStream | None = None,
+        carry: Carry = None,
         **options: Any,
     ) -> None:
         plan = C.make_plan(strategy, options)
         rngs = _seeded(rngs, plan.seed)
-        info = _API.resolve_cell(cell, features, param_dtype)
+        info = _API.resolve_cell(cell, features, param_dtype, carry)
         self.strategy = plan.name
         self.cell, self.features, self.param_dtype = info.kind, info.features, info.param_dtype
+        self.shapes, self.treedef = info.shapes, info.treedef
         self.bidirectional = spec.check_bool("bidirectional", bidirectional)
         self.deterministic = spec.check_bool("deterministic", deterministic)
         self.options = FrozenDict(plan.options())
-        rows = (2 if self.bidirectional else 1, info.features)
+        directions = 2 if self.bidirectional else 1
         if plan.source in ("param", "stored"):
             kind = nnx.Param if plan.source == "param" else Buffer
-            draws_once = plan.vector_init(info.features) is not None
-            init = C.vector_initializer(plan, info.features)
             for name in info.names:
+                shape = (directions, *info.shape(name))
+                draws_once = plan.vector_init(shape[-1]) is not None
+                init = C.vector_initializer(plan, shape[-1])
                 key = _init_key(rngs, _what_draws(plan)) if draws_once else None
-                setattr(self, name, kind(init(key, rows, info.param_dtype)))
+                setattr(self, name, kind(init(key, shape, info.param_dtype)))
         if plan.noise is not None and plan.noise.learnable:
             self.std_raw = nnx.Param(jnp.asarray(plan.noise.raw(), jnp.float32))
         draws = plan.source == "draw" or (plan.noise is not None and plan.noise.draws)
@@ -198,7 +202,7 @@ class InitialState(_Sigma, nnx.Module):
         """The initial carry for ``batch_shape`` (``()`` for one unbatched sequence)."""
         batch_shape = C.check_batch_shape(batch_shape)
         plan = self._plan()
-        info = C.CellInfo(self.cell, self.features, self.param_dtype)
+        info = C.CellInfo(self.cell, self.features, self.param_dtype, self.shapes, self.treedef)
         vectors = draw_key = noise = None
         if plan.source in ("param", "stored"):
             vectors = {n: getattr(self, n)[...] for n in info.names}
@@ -213,6 +217,28 @@ class InitialState(_Sigma, nnx.Module):
         return C.make_state(
             plan, info, directions, batch_shape, vectors=vectors, draw_key=draw_key, noise=noise
         )
+
+
+def _feature_shape(
+    layer: nnx.Module, info: C.LayerInfo, given: int | Sequence[int] | None
+) -> tuple[int, ...]:
+    """The feature shape of one input step, to read another cell's carry: ``given``,
+    else the cell's ``in_features``; a cell with one feature axis needs neither (its
+    carry does not depend on the input's size)."""
+    if info.cell.known:
+        return ()
+    if given is not None:
+        return (given,) if isinstance(given, int) else tuple(given)
+    found = getattr(_API.directions(layer)[0].cell, "in_features", None)
+    if isinstance(found, int):
+        return (found,)
+    if info.cell.feature_axes == 1:
+        return (1,)
+    raise ValueError(
+        f"the carry of {type(_API.directions(layer)[0].cell).__name__} depends on the input's "
+        f"{info.cell.feature_axes} feature axes, and the cell has no in_features: pass "
+        "input_features=<the shape of one input step without batch axes>, e.g. (16, 16, 3)"
+    )
 
 
 def _what_draws(plan: spec.Strategy) -> str:
@@ -234,9 +260,13 @@ class InitialStateRNN(nnx.Module):
     """Wraps Flax NNX recurrent layers and gives them an initial-state strategy.
 
     The layers and return values are those of linen's
-    :class:`~reference_impl.flax.linen.InitialStateRNN`, run by ``nnx.RNN``.
-    ``deterministic``, if given, is set on every module inside; ``rngs`` serves the
-    strategy's draws.
+    :class:`~reference_impl.flax.linen.InitialStateRNN`, run by ``nnx.RNN``, any
+    ``nnx.RNNCellBase`` included. ``deterministic``, if given, is set on every module
+    inside; ``rngs`` serves the strategy's draws. Another cell's carry is read at
+    construction from its ``initialize_carry``, for inputs of ``input_features`` (the
+    shape of one input step without batch axes), else of the cell's ``in_features``;
+    a carry with more feature axes than one (a convolutional cell's) needs
+    ``input_features``.
 
     >>> import jax.numpy as jnp, optax
     >>> cell = nnx.LSTMCell(3, 8, rngs=nnx.Rngs(0))
@@ -257,6 +287,7 @@ class InitialStateRNN(nnx.Module):
         *,
         deterministic: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | None = None,
+        input_features: int | Sequence[int] | None = None,
         **options: Any,
     ) -> None:
         plan = C.make_plan(strategy, options)
@@ -264,6 +295,10 @@ class InitialStateRNN(nnx.Module):
         # One generator for every layer, so layers do not share draws.
         rngs = _seeded(rngs, resolved.pop("seed", None))
         layers, infos, stack = _API.layers(rnn, nnx.RNN)
+        infos = tuple(
+            _API.layer_carry(layer, info, _feature_shape(layer, info, input_features))
+            for layer, info in zip(layers, infos, strict=True)
+        )
         states = [InitialState(plan.name, rngs=rngs, **C.state_args(i), **resolved) for i in infos]
         self.strategy, self.stack, self.infos = plan.name, stack, infos
         self.rnn = nnx.List(layers) if stack else layers[0]
@@ -285,7 +320,8 @@ class InitialStateRNN(nnx.Module):
         layers = list(self.rnn) if self.stack else [self.rnn]
         states = list(self.initial_state) if self.stack else [self.initial_state]
         x = jnp.asarray(inputs)
-        batch_shape = C.batch_shape_of(x, self.infos[0].time_major)
+        first = self.infos[0]
+        batch_shape = C.batch_shape_of(x, first.time_major, first.cell.feature_axes)
         given = C.given_carries(initial_carry, self.infos, self.stack, batch_shape)
         carries = []
         for i, (layer, state, info) in enumerate(zip(layers, states, self.infos, strict=True)):
@@ -345,7 +381,7 @@ class NoisyCell(_Sigma, nnx.RNNCellBase):
         seed: int | None = None,
         rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
-        _API.cell_info(cell)  # a TypeError for an unsupported cell
+        _API.builtin_info(cell)  # a TypeError for an unsupported cell
         rule = spec.NoiseStd(noise_std, learnable_std, min_std)
         self.cell = cell
         self.learnable_std, self.min_std, self.fixed_std = rule.learnable, rule.min_std, rule.std
