@@ -47,7 +47,7 @@ def constant_start(
 def forgotten_start(
     n: int = 192, steps: int = 60, spread: float = 1.0, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sequences that start from N(0, ``spread``^2): the start is forgotten late on."""
+    """Sequences that start from N(0, ``spread`` squared): the start is forgotten late on."""
     return integrator(n, steps, 0.0, spread, seed)
 
 
