@@ -374,3 +374,25 @@ def test_the_command_line_reports_bad_input_as_an_error(tmp_path, capsys):
     rc = cli([str(csv), "--target", "nope", "--length", "5", "--executor", "inline"])
     assert rc == 2
     assert "error: column 'nope' is not in the data" in capsys.readouterr().err
+
+
+def test_a_comparison_on_ray_tune_gives_the_inline_results(tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    x, y = examples.constant_start(64, 10)
+    opts = {**TINY, "seeds": 6, "strategies": ("zero", "learnable"), "progress": False}
+    inline = compare.run(x, y, framework="torch", **opts)
+    try:
+        on_ray = compare.run(
+            x, y, framework="torch", **{**opts, "executor": "ray"}, num_cpus=1,
+            results=tmp_path / "ray.jsonl",
+        )  # fmt: skip
+    finally:
+        ray.shutdown()
+    if on_ray.executor != "ray":
+        pytest.skip("a local Ray instance could not start on this (saturated) machine")
+    a = inline.trials.sort_values(["strategy", "seed"])["value"].to_numpy()
+    b = on_ray.trials.sort_values(["strategy", "seed"])["value"].to_numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-6)  # the same trials, run by Ray's workers
+    assert len(open(tmp_path / "ray.jsonl").read().splitlines()) >= 12  # every trial journaled
