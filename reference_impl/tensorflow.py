@@ -2,7 +2,7 @@
 
 The layers execute the plan of :func:`reference_impl.spec.make` with ``keras.ops`` and
 ``keras.random`` only, so they run on every Keras backend (TensorFlow and JAX are
-tested); :ref:`the API page's table <framework-idioms>` says what follows Keras's idiom.
+tested); :ref:`the API page's framework idioms <framework-idioms>` say what follows Keras's idiom.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Initial states for PyTorch recurrent layers: ``from reference_impl import torch as ri``.
 
 This module executes the plan of :func:`reference_impl.spec.make` with torch tensors,
-on the input's dtype and device; :ref:`the API page's table <framework-idioms>` says
+on the input's dtype and device; :ref:`the API page's framework idioms <framework-idioms>` say
 what follows PyTorch's idiom.
 """
 

@@ -2,7 +2,7 @@
 
 This module and :mod:`reference_impl.flax.nnx` execute the plan of
 :func:`reference_impl.spec.make` with JAX arrays through one shared module;
-:ref:`the API page's table <framework-idioms>` says what follows linen's idiom
+:ref:`the API page's framework idioms <framework-idioms>` say what follows linen's idiom
 (variables, rng streams, ``deterministic``).
 """
 

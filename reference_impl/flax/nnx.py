@@ -1,7 +1,7 @@
 """Initial states for Flax NNX: ``from reference_impl.flax import nnx as ri_nnx``.
 
 The same names, options and state layout as :mod:`reference_impl.flax.linen`, executed
-by the same shared module; :ref:`the API page's table <framework-idioms>` says what
+by the same shared module; :ref:`the API page's framework idioms <framework-idioms>` say what
 follows NNX's idiom (``nnx.Param`` and :class:`Buffer`, ``rngs`` and ``seed``,
 ``train()``/``eval()``).
 """
