@@ -661,9 +661,30 @@ def _flax_state(carry, cell):
     return {n: np.asarray(_pick(carry, n, cell), np.float64)[None] for n in NAMES[cell]}
 
 
-class _LinenStream:
-    """Flax's idiom (linen): the carry returned with ``return_carry=True`` goes back in
-    as ``initial_carry``; ``None`` (a reset) starts from the strategy's state."""
+class _FlaxStream:
+    """Flax's idiom (linen and NNX): the carry returned with ``return_carry=True`` goes
+    back in as ``initial_carry``; ``None`` (a reset) starts from the strategy's state.
+    Each API supplies ``_apply(x, carry, training) -> (carry, y)``."""
+
+    carry = None
+
+    def chunk(self, x, training=False):
+        self.carry, y = self._apply(x, self.carry, training)
+        return np.asarray(y, np.float64)
+
+    def reset(self):
+        self.carry = None
+
+    def carried(self):
+        return _flax_state(self.carry, self.cell)
+
+    def explicit(self, x, state):
+        carry = _flax_carry({n: v[:1] for n, v in state.items()}, self.cell, 1)
+        return np.asarray(self._apply(x, carry, False)[1], np.float64)
+
+
+class _LinenStream(_FlaxStream):
+    """linen: variables and rng keys passed to ``apply``."""
 
     def __init__(self, fw, module, cell, seed, variables=None):
         self.fw, self.module, self.cell, self.carry = fw, module, cell, None
@@ -682,20 +703,6 @@ class _LinenStream:
             deterministic=not training,
             rngs=rngs,
         )
-
-    def chunk(self, x, training=False):
-        self.carry, y = self._apply(x, self.carry, training)
-        return np.asarray(y, np.float64)
-
-    def reset(self):
-        self.carry = None
-
-    def carried(self):
-        return _flax_state(self.carry, self.cell)
-
-    def explicit(self, x, state):
-        carry = _flax_carry({n: v[:1] for n, v in state.items()}, self.cell, 1)
-        return np.asarray(self._apply(x, carry, False)[1], np.float64)
 
     def vectors(self):
         params = self.variables.get("params", {}).get("initial_state", {})
@@ -900,30 +907,16 @@ class _NNXModel:
         return [_NNXState(self.fw, s, self.cell, self.directions).vectors() for s in states]
 
 
-class _NNXStream:
-    """Flax's idiom (NNX): as linen's, the returned carry goes back in."""
+class _NNXStream(_FlaxStream):
+    """NNX: the module holds its state; training mode set on the module."""
 
     def __init__(self, fw, module, cell):
         self.fw, self.module, self.cell, self.carry = fw, module, cell, None
 
-    def _call(self, x, carry, training):
+    def _apply(self, x, carry, training):
         self.module.set_attributes(deterministic=not training, raise_if_not_found=False)
         x = np.asarray(x, np.float32)
         return self.module(x, initial_carry=carry, return_carry=True)
-
-    def chunk(self, x, training=False):
-        self.carry, y = self._call(x, self.carry, training)
-        return np.asarray(y, np.float64)
-
-    def reset(self):
-        self.carry = None
-
-    def carried(self):
-        return _flax_state(self.carry, self.cell)
-
-    def explicit(self, x, state):
-        carry = _flax_carry({n: v[:1] for n, v in state.items()}, self.cell, 1)
-        return np.asarray(self._call(x, carry, False)[1], np.float64)
 
     def vectors(self):
         return {

@@ -20,21 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 
-DECAY, INPUT_SD = 0.8, 0.5
+from reference_impl.tasks import leaky_integrator
 
 
 def integrator(
     n: int, steps: int, start_mean: float, start_sd: float, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` sequences of ``steps`` inputs and states, arrays ``(n, steps, 1)``."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0.0, INPUT_SD, (n, steps))
-    state = start_mean + start_sd * rng.standard_normal(n)
-    y = np.empty_like(x)
-    for t in range(steps):
-        state = DECAY * state + x[:, t]
-        y[:, t] = state
-    return x[..., None].astype(np.float32), y[..., None].astype(np.float32)
+    """``n`` sequences of ``steps`` inputs and states, arrays ``(n, steps, 1)``: the book's
+    leaky integrator (:func:`reference_impl.tasks.leaky_integrator`, decay 0.8) whose start
+    is drawn from N(``start_mean``, ``start_sd`` squared)."""
+    return leaky_integrator(n, steps, decay=0.8, start=start_mean, start_spread=start_sd, seed=seed)
 
 
 def constant_start(

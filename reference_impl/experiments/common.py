@@ -15,6 +15,7 @@ so the three frameworks run the same experiment.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -489,15 +490,12 @@ def sequence_curves(prediction: np.ndarray, target: np.ndarray, first: int = 0) 
     p = np.full(target.shape, np.nan)
     p[:, target.shape[1] - prediction.shape[1] :] = prediction
     p[:, :first] = np.nan
-    with np.errstate(invalid="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a sequence with no step counted
-            return {
-                "seq_first": per_sequence_mse(p, target, stop=FIRST_STEPS).tolist(),
-                "seq_all": per_sequence_mse(p, target).tolist(),
-            }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a sequence with no step counted
+        return {
+            "seq_first": per_sequence_mse(p, target, stop=FIRST_STEPS).tolist(),
+            "seq_all": per_sequence_mse(p, target).tolist(),
+        }
 
 
 def per_sequence_mse(prediction: np.ndarray, target: np.ndarray, stop: int | None = None):

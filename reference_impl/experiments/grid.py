@@ -32,6 +32,7 @@ import pandas as pd
 import reference_impl
 from reference_impl import STRATEGIES
 from reference_impl.experiments import (
+    ALL_STRATEGIES,
     CELLS,
     FRAMEWORKS,
     GRID_TASKS,
@@ -81,6 +82,25 @@ def strategies_for(task: str, framework: str) -> tuple[str, ...]:
     return (*STRATEGIES, *TORCH_ONLY) if framework == "torch" else STRATEGIES
 
 
+def _check_selection(budget, tasks, frameworks, cells, strategies, seeds) -> list[int]:
+    """Check a budget and the names a selection keeps (None keeps all); return the seeds:
+    the budget's number of seeds, an int, or an explicit list."""
+    check_budget(budget)
+    for t in tasks or ():
+        check_task(t)
+    for f in frameworks or ():
+        check_framework(f)
+    for c in cells or ():
+        if c not in CELLS:
+            raise ValueError(f"unknown cell {c!r}; expected one of {list(CELLS)}")
+    bad = [s for s in strategies or () if s not in ALL_STRATEGIES]
+    if bad:
+        raise ValueError(f"unknown strategy {bad[0]!r}; expected one of {list(ALL_STRATEGIES)}")
+    if seeds is None:
+        seeds = SEEDS[budget]
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+
 def grid_configs(
     budget: str,
     *,
@@ -95,26 +115,12 @@ def grid_configs(
     ``tasks`` defaults to the grid tasks (``fixed_start`` only when asked for),
     ``seeds`` to the budget's number of seeds (an int) or an explicit list.
     """
-    check_budget(budget)
+    seed_list = _check_selection(budget, tasks, frameworks, cells, strategies, seeds)
     tasks = tuple(GRID_TASKS if tasks is None else tasks)
     frameworks = tuple(FRAMEWORKS if frameworks is None else frameworks)
     cells = tuple(CELLS if cells is None else cells)
-    for t in tasks:
-        check_task(t)
-    for f in frameworks:
-        check_framework(f)
-    for c in cells:
-        if c not in CELLS:
-            raise ValueError(f"unknown cell {c!r}; expected one of {list(CELLS)}")
     if strategies is not None:
         strategies = tuple(strategies)
-        known = (*STRATEGIES, "washout", "data_driven", "stateful")
-        bad = [s for s in strategies if s not in known]
-        if bad:
-            raise ValueError(f"unknown strategy {bad[0]!r}; expected one of {list(known)}")
-    if seeds is None:
-        seeds = SEEDS[budget]
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     configs = []
     for seed in seed_list:
         for task in tasks:
@@ -191,22 +197,14 @@ def map_configs(
     >>> len(map_configs("standard", seeds=1))
     260
     """
-    check_budget(budget)
+    seed_list = _check_selection(budget, tasks, frameworks, cells, strategies, seeds)
     keep = {
         "task": None if tasks is None else set(tasks),
         "framework": None if frameworks is None else set(frameworks),
         "cell": None if cells is None else set(cells),
         "strategy": None if strategies is None else set(strategies),
     }
-    for t in keep["task"] or ():
-        check_task(t)
-    for f in keep["framework"] or ():
-        check_framework(f)
-    if seeds is None:
-        seeds = SEEDS[budget]
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     configs: list[dict[str, Any]] = []
-    seen: set[tuple] = set()
     for seed in seed_list:
         for part in map_plan(budget):
             for task, framework, cell, strategy in itertools.product(*part):
@@ -220,10 +218,8 @@ def map_configs(
                 }
                 if any(v is not None and cfg[k] not in v for k, v in keep.items()):
                     continue
-                if _key(cfg) not in seen:
-                    seen.add(_key(cfg))
-                    TrialConfig.from_dict(cfg)
-                    configs.append(cfg)
+                TrialConfig.from_dict(cfg)
+                configs.append(cfg)
     return configs
 
 
@@ -665,10 +661,11 @@ def run_grid(
     }
 
 
-def scalar_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per trial: the scalar ``metric`` (step -1) as column ``value``."""
+def scalar_table(df: pd.DataFrame, metric: str, updates: int = -1) -> pd.DataFrame:
+    """One row per trial: the scalar ``metric`` (step -1) as column ``value``, of the
+    final model (``updates`` -1) or at the checkpoint of ``updates`` optimizer updates."""
     df = check_table(df)
-    sub = df[(df["metric"] == metric) & (df["step"] == -1) & (df["updates"] == -1)]
+    sub = df[(df["metric"] == metric) & (df["step"] == -1) & (df["updates"] == updates)]
     return sub[list(KEY_COLUMNS) + ["value"]].astype({"strategy": str}).reset_index(drop=True)
 
 

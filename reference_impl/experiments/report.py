@@ -43,11 +43,12 @@ def provenance_summary(df: pd.DataFrame) -> dict[str, str]:
     }
 
 
-def values(df: pd.DataFrame, what: str | tuple[int, int | None]) -> pd.DataFrame:
-    """One value per trial: a scalar metric by name, or the mean test error over a
-    window of steps ``(start, stop)`` (``stop`` None: to the end)."""
+def values(df: pd.DataFrame, what: str | tuple[int, int | None], updates: int = -1) -> pd.DataFrame:
+    """One value per trial: a scalar metric by name (of the final model, or at the
+    checkpoint of ``updates`` optimizer updates), or the mean test error over a window of
+    steps ``(start, stop)`` (``stop`` None: to the end)."""
     if isinstance(what, str):
-        return scalar_table(df, what)
+        return scalar_table(df, what, updates)
     start, stop = what
     return window_table(df, start, stop)
 
@@ -147,11 +148,15 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 __all__ = [
+    "MARGIN",
+    "checkpoints",
     "compare",
     "curves",
     "fmt_ci",
     "fmt_p",
+    "map_compare",
     "markdown_table",
+    "pool_frameworks",
     "provenance_summary",
     "ratio_ci",
     "values",
@@ -162,14 +167,6 @@ __all__ = [
 
 #: The equivalence margin of every "no difference" the book states: +-5% of zero's error.
 MARGIN = 0.05
-
-
-def map_values(df: pd.DataFrame, metric: str, updates: int = -1) -> pd.DataFrame:
-    """One value per trial: the scalar ``metric`` of the final model (``updates`` -1)
-    or at the checkpoint of ``updates`` optimizer updates."""
-    df = check_table(df)
-    sub = df[(df["metric"] == metric) & (df["step"] == -1) & (df["updates"] == updates)]
-    return sub[list(KEY_COLUMNS) + ["value"]].astype({"strategy": str}).reset_index(drop=True)
 
 
 def checkpoints(df: pd.DataFrame, task: str) -> list[int]:
@@ -268,11 +265,3 @@ def pool_frameworks(
             }
         )
     return pd.DataFrame(rows)
-
-
-def sequence_matrix(
-    df: pd.DataFrame, task: str, framework: str, cell: str, strategy: str, metric: str
-) -> np.ndarray:
-    """The per-test-sequence errors (``seq_first`` or ``seq_all``) of a cell as a
-    (seeds, sequences) matrix, for :func:`stats.two_level_ratio`."""
-    return curves(df, task, framework, cell, strategy, metric=metric)
