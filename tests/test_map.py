@@ -332,3 +332,17 @@ def test_pooling_agrees_or_says_the_frameworks_disagree():
     pool = report.pool_frameworks(v, report.map_compare(v)).iloc[0]
     assert not pool["agree"] and pool["verdict"] == "frameworks disagree"
     assert pool["ratio"] == pytest.approx(1.0, rel=0.02)  # geometric mean of 0.5 and 2
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        ({"cells": ["rnn"]}, "unknown cell 'rnn'"),
+        ({"strategies": ["orthogonal"]}, "unknown strategy 'orthogonal'"),
+        ({"frameworks": ["mxnet"]}, "unknown framework 'mxnet'"),
+    ],
+)
+def test_the_map_names_an_unknown_selection_as_the_grid_does(selection, message):
+    for configs in (grid.map_configs, grid.grid_configs):
+        with pytest.raises(ValueError, match=message):
+            configs("quick", **selection)
