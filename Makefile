@@ -25,11 +25,13 @@ export XLA_PYTHON_CLIENT_PREALLOCATE := false
 
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 
-.PHONY: help venv book test lint unit nbval notebooks lab bench experiments clean
+.PHONY: help venv book test lint unit nbval site-check notebooks lab bench experiments clean
 
 help:
 	@echo "make book       build the HTML book into _build/html (executes every chapter)"
-	@echo "make test       lint, unit/property/parity/serialization tests, nbval"
+	@echo "make test       lint, unit/property/parity/serialization tests, nbval, site check"
+	@echo "make site-check every built page in headless Chromium at 390 and 1,400 px (skipped"
+	@echo "                without a Chromium); builds the book first when it is missing or stale"
 	@echo "make notebooks  re-execute every notebook in place (refresh stored outputs)"
 	@echo "make lab        JupyterLab on the notebooks"
 	@echo "make bench      benchmarks against the bare layers: every round to results/bench-*.csv"
@@ -53,8 +55,8 @@ book: $(STAMP)
 	@echo "book built: _build/html/index.html"
 
 lint: $(STAMP)
-	$(BIN)/ruff check reference_impl tests benchmarks notebooks tools
-	$(BIN)/ruff format --check reference_impl tests benchmarks notebooks tools
+	$(BIN)/ruff check reference_impl tests benchmarks notebooks tools _ext
+	$(BIN)/ruff format --check reference_impl tests benchmarks notebooks tools _ext
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 # Tests run in parallel, one worker per core. Unit tests are spread test by test, idle
@@ -70,7 +72,27 @@ nbval: $(STAMP)
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval $(NOTEBOOKS) \
 	  --nbval-sanitize-with notebooks/sanitize.cfg -q
 
-test: lint unit nbval
+# Every page of the built book in headless Chromium at 390 and 1,400 px, offline: fails on
+# a page that scrolls sideways, raw TeX, a broken image or link inside the site, a console
+# error or a request to another host (tools/site_check.py). Without a Chromium it says it
+# was skipped. The book is (re)built first when it is missing or older than its sources;
+# screenshots of every page at both widths go to _build/site-check.
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser || command -v google-chrome || true)
+BOOK_SOURCES := $(NOTEBOOKS) $(wildcard book/*.md book/*.bib _static/* _ext/*.py) _config.yml \
+  _toc.yml $(shell find reference_impl -name '*.py') $(wildcard results/*)
+
+_build/html/index.html: $(BOOK_SOURCES) | $(STAMP)
+	$(MAKE) book
+
+site-check: $(STAMP)
+ifeq ($(CHROMIUM),)
+	@echo "site check SKIPPED: no Chromium on this machine (Debian: apt-get update && apt-get install -y chromium)"
+else
+	$(MAKE) _build/html/index.html
+	$(BIN)/python tools/site_check.py _build/html --chromium $(CHROMIUM) --screenshots _build/site-check
+endif
+
+test: lint unit nbval site-check
 
 notebooks: $(STAMP)
 	for nb in $(NOTEBOOKS); do \
