@@ -48,7 +48,10 @@ FAULTS = {
         '<script src="https://cdn.example.org/lib.js"></script>',
         ["request to another host"],
     ),
-    "redirect.html": ('<meta http-equiv="Refresh" content="0; url=missing/page.html">', ["redirect"]),
+    "redirect.html": (
+        '<meta http-equiv="Refresh" content="0; url=missing/page.html">',
+        ["broken redirect"],
+    ),
 }
 
 

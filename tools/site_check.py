@@ -65,7 +65,7 @@ class _Ids(html.parser.HTMLParser):
                 self.ids.add(value or "")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ids_of(path: Path) -> frozenset[str]:
     parser = _Ids()
     parser.feed(path.read_text(encoding="utf-8", errors="replace"))
@@ -181,6 +181,7 @@ def _check_page(context, site: Path, path: Path, width: int, screenshots) -> Pag
             r.abort()
 
     page.route("**/*", route)
+
     def console(message):
         # A file or host that failed is reported below by name; the console's line for it
         # ("Failed to load resource") would only repeat it without the name.
