@@ -184,9 +184,19 @@ def _commit() -> str:
             text=True,
             check=True,
         ).stdout.strip()
+        # The code that measures: the package and the benchmarks. results/ is left out, so
+        # the files a run of `make bench` writes do not mark its own later rows as changed.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "reference_impl",
+                "benchmarks",
+            ],
+            cwd=here.parent,
             capture_output=True,
             text=True,
             check=True,
