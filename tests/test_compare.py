@@ -341,6 +341,16 @@ def test_the_table_and_the_plot():
     assert table.loc["zero", "verdict"] == "reference"
     fig = report.plot()
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3
+    lines = fig.axes[0].lines
+    # each strategy told apart by colour, marker and line style, the legend beside the panel
+    for attr in ("get_color", "get_marker", "get_linestyle"):
+        assert len({getattr(line, attr)() for line in lines}) == 3, attr
+    assert [line.get_label() for line in lines] == ["zero", "learnable", "noisy"]
+    fig.canvas.draw()
+    legend = fig.axes[0].get_legend().get_window_extent()
+    assert legend.x0 >= fig.axes[0].get_window_extent().x1
+    ticks = fig.axes[0].get_xticks()
+    assert np.allclose(ticks, np.round(ticks))  # steps are counted: whole numbers
 
 
 def test_importing_compare_loads_no_framework():

@@ -18,6 +18,16 @@ import pandas as pd
 
 from reference_impl.experiments import stats
 
+#: Colour (Okabe-Ito), marker and line style of the plot's strategies, in their order.
+PLOT_STYLES = (
+    ("#000000", "o", "-"),
+    ("#0072B2", "s", "--"),
+    ("#D55E00", "^", "-."),
+    ("#009E73", "D", ":"),
+    ("#CC79A7", "v", (0, (5, 1))),
+    ("#E69F00", "P", (0, (3, 1, 1, 1, 1, 1))),
+)
+
 
 def min_seeds(comparisons: int, alpha: float = 0.05) -> int:
     """The fewest seeds with which the Holm-corrected two-sided signed-rank test of
@@ -237,27 +247,33 @@ class Report:
 
     # ------------------------------------------------------------------ plot
 
-    def plot(self, figsize: tuple[float, float] = (9.0, 3.4)):
+    def plot(self, figsize: tuple[float, float] = (10.0, 3.4)):
         """Per-step test error of each strategy (mean over seeds, 95% bootstrap band; the
         counted steps shaded) and each strategy's ratio to the reference with its 95%
-        interval (the equivalence margin shaded). Returns a matplotlib Figure."""
+        interval (the equivalence margin shaded). Returns a matplotlib Figure.
+
+        Each strategy has a colour of the Okabe-Ito palette (told apart by readers with
+        any colour vision), a marker and a line style of its own; the legend sits beside
+        the panel and the step axis has whole-number ticks."""
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         fig, (ax, bx) = plt.subplots(
             1, 2, figsize=figsize, gridspec_kw={"width_ratios": [3, 2]}, layout="constrained"
         )
         steps = np.arange(1, self.total_steps + 1)
-        for s in self.strategies:
-            if s not in self.curves:
-                continue
+        drawn = [s for s in self.strategies if s in self.curves]
+        for i, s in enumerate(drawn):
+            color, marker, style = PLOT_STYLES[i % len(PLOT_STYLES)]
             mean, lo, hi = stats.bootstrap_band(self.curves[s])
-            (line,) = ax.plot(steps, mean, label=s)
-            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.plot(steps, mean, style, color=color, marker=marker, markersize=4, label=s)
+            ax.fill_between(steps, lo, hi, color=color, alpha=0.2, linewidth=0)
         a, b = self.steps
         if (a, b) != (0, self.total_steps):
             ax.axvspan(a + 0.5, b + 0.5, color="0.9", zorder=0, label="counted steps")
         ax.set(xlabel="step", ylabel="test error (mean over seeds)", title="Error per step")
-        ax.legend(frameon=False, fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
         comp = self.comparison
         y = np.arange(len(comp))
         bx.axvspan(1 - self.margin, 1 + self.margin, color="0.9", label=f"±{self.margin:.0%}")
@@ -275,7 +291,7 @@ class Report:
         )
         bx.set_ylim(-0.7, len(comp) - 0.3)
         bx.set(xlabel=f"error / {self.reference}'s (95% CI)", title="Paired ratio")
-        bx.legend(frameon=False, fontsize="small", loc="lower right")
+        bx.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
         return fig
 
     def __repr__(self) -> str:
