@@ -290,6 +290,7 @@ __all__ = [
     "from_csv",
     "from_frame",
     "load",
+    "min_seeds",
     "parse_steps",
     "run",
 ]
