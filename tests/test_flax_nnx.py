@@ -360,3 +360,21 @@ def test_missing_rngs_at_call_name_the_stream():
     assert ri.InitialState("noisy", features=4, deterministic=True)((2,)).shape == (2, 4)
     state = ri.InitialState("uniform", features=4)
     assert state((2,), rngs=nnx.Rngs(0)).shape == (2, 4)
+
+
+def test_the_classes_signatures_are_their_constructors_and_an_instance_is_its_call():
+    import inspect
+
+    for cls, first in (
+        (ri.InitialStateRNN, ["rnn", "strategy"]),
+        (ri.InitialState, ["strategy"]),
+        (ri.NoisyCell, ["cell", "noise_std", "learnable_std"]),
+    ):
+        names = list(inspect.signature(cls).parameters)
+        assert names[: len(first)] == first, names  # not NNX's metaclass (*args, **kwargs)
+        assert "rngs" in names and "self" not in names
+    model = ri.InitialStateRNN(nnx.RNN(nnx.GRUCell(3, 4, rngs=nnx.Rngs(0))), "zero")
+    assert list(inspect.signature(model).parameters)[0] == "inputs"
+    graph, state = nnx.split(model)  # the class attribute is not part of the module's state
+    assert "__signature__" not in str(graph)
+    assert nnx.merge(graph, state)(jnp.ones((2, 5, 3))).shape == (2, 5, 4)

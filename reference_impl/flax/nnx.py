@@ -8,6 +8,7 @@ follows NNX's idiom (``nnx.Param`` and :class:`Buffer`, ``rngs`` and ``seed``,
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -420,3 +421,27 @@ class NoisyCell(_Sigma, nnx.RNNCellBase):
     @property
     def num_feature_axes(self) -> int:
         return self.cell.num_feature_axes
+
+
+class _ConstructorSignature:
+    """``inspect.signature(cls)`` of an NNX module class: its ``__init__``'s parameters.
+
+    NNX's metaclass defines ``__call__(*args, **kwargs)``, which ``inspect`` (and so
+    ``help()``, editors and the API page) would report as the constructor's signature. On
+    an instance this attribute does not exist, so ``inspect.signature(module)`` is still
+    the signature of calling the module.
+    """
+
+    def __get__(self, instance: Any, owner: type) -> inspect.Signature:
+        if instance is not None:
+            raise AttributeError("__signature__")
+        sig = inspect.signature(owner.__init__)
+        return sig.replace(
+            parameters=list(sig.parameters.values())[1:],  # without self
+            return_annotation=inspect.Signature.empty,
+        )
+
+
+for _cls in (InitialState, InitialStateRNN, NoisyCell):
+    _cls.__signature__ = _ConstructorSignature()
+del _cls
