@@ -29,6 +29,25 @@ function restack() {
     const tooWide = table.getBoundingClientRect().width > box.clientWidth + 1;
     if (window.innerWidth <= NARROW || tooWide) table.classList.add("stacked");
   }
+  markScrolling();
+}
+
+// A formula wider than its box scrolls inside it (site.css): a displayed one always may;
+// one in a stacked table is marked "wide" when it reaches past its cell. The class
+// "scrolls" shades the right edge of one that does, so a reader on a phone sees that
+// there is more of it.
+function markScrolling() {
+  for (const math of document.querySelectorAll("article table.stacked mjx-container")) {
+    math.classList.remove("wide");
+    const cell = math.closest("td, th");
+    const edge = cell.getBoundingClientRect().right - parseFloat(getComputedStyle(cell).paddingRight);
+    math.classList.toggle("wide", math.getBoundingClientRect().right > edge + 1);
+  }
+  const boxes = 'article mjx-container[display="true"], article mjx-container.wide';
+  for (const math of document.querySelectorAll("article mjx-container")) {
+    const box = math.matches(boxes);
+    math.classList.toggle("scrolls", box && math.scrollWidth > math.clientWidth + 2);
+  }
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -230,6 +230,7 @@ class InitialState(_Sigma, keras.layers.Layer):
         return _options_config(self.options)
 
     def get_config(self) -> dict[str, Any]:
+        """Keras's config plus the strategy, the state's layout and every option."""
         config = super().get_config()
         config.update(strategy=self.strategy, units=self.units, cell=self.cell)
         if self.cell is None:
@@ -510,6 +511,7 @@ class InitialStateRNN(keras.layers.Wrapper):
         return self.layer.compute_mask(inputs, mask)
 
     def get_config(self) -> dict[str, Any]:
+        """The wrapped layer's config (Keras's ``Wrapper``), the strategy and its options."""
         config = super().get_config()
         config["strategy"] = self.plan.name
         config.update(_options_config(self.plan.options()))
@@ -638,6 +640,7 @@ class NoisyCell(_Sigma, keras.layers.Layer, _DropoutMixin):
     reset_recurrent_dropout_mask = _forward_to_cell("reset_recurrent_dropout_mask")
 
     def get_config(self) -> dict[str, Any]:
+        """Keras's config plus the noise level's settings, the seed and the wrapped cell."""
         config = super().get_config()
         rule, cell = self.noise_rule, keras.saving.serialize_keras_object(self.cell)
         config.update(noise_std=rule.std, learnable_std=rule.learnable, min_std=rule.min_std)
@@ -645,7 +648,7 @@ class NoisyCell(_Sigma, keras.layers.Layer, _DropoutMixin):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> NoisyCell:
-        """Rebuild a NoisyCell, and its wrapped cell, from :meth:`get_config`."""
+        """Rebuild a NoisyCell, and its wrapped cell, from what :meth:`get_config` returns."""
         config = dict(config)
         cell = keras.saving.deserialize_keras_object(config.pop("cell"))
         if isinstance(config.get("dtype"), dict):

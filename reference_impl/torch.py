@@ -292,6 +292,8 @@ class InitialStateRNN(nn.Module):
             raise StateShapeError(str(error)) from None
 
     def forward(self, x: Tensor | PackedSequence, hx: State | None = None):
+        """The wrapped layer's ``(output, h_n)`` from the strategy's state, or from ``hx``
+        when one is given (a state carried from the previous chunk)."""
         if isinstance(x, PackedSequence):
             batch, like, unbatched = int(x.batch_sizes[0]), x.data, False
         elif isinstance(x, Tensor):

@@ -110,4 +110,4 @@ there.
 """
 
 FRAMEWORKS = _layouts.FRAMEWORKS
-"""Layouts :func:`numpy_forward` runs: PyTorch, Keras 3, Flax linen, Flax NNX."""
+"""The layouts that :func:`numpy_forward` runs (PyTorch, Keras 3, Flax linen and Flax NNX)."""
