@@ -10,6 +10,10 @@ function label(table) {
   table.classList.add("stack-narrow");
   for (const row of table.querySelectorAll("tbody tr")) {
     Array.from(row.cells).forEach((cell, i) => {
+      // an empty cell (the reference row's ratio, say) is left out of a stacked row
+      if (!cell.textContent.trim() && !cell.querySelector("img, mjx-container")) {
+        cell.classList.add("blank");
+      }
       const header = head.cells[i];
       if (!header || !header.textContent.trim()) return;
       const name = document.createElement("span");

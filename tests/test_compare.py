@@ -353,6 +353,14 @@ def test_the_table_and_the_plot():
     assert np.allclose(ticks, np.round(ticks))  # steps are counted: whole numbers
 
 
+def test_a_tight_interval_is_printed_with_the_digits_that_tell_its_ends_apart():
+    from reference_impl.compare.report import _ratio_text
+
+    assert _ratio_text(0.973, 0.961, 0.988) == "ratio 0.97 [0.96, 0.99]"
+    assert _ratio_text(1.00004, 0.99996, 1.00012) == "ratio 1.0000 [1.0000, 1.0001]"
+    assert _ratio_text(1.0, 1.0, 1.0) == "ratio 1.00 [1.00, 1.00]"  # a point: nothing to tell
+
+
 def test_importing_compare_loads_no_framework():
     code = (
         "import sys, reference_impl.compare; "

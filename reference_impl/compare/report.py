@@ -57,6 +57,15 @@ def _pct(ratio: float) -> str:
     return f"{abs(1 - ratio) * 100:.0f}%"
 
 
+def _ratio_text(ratio: float, lo: float, hi: float) -> str:
+    """``ratio 0.97 [0.96, 0.99]``, with more decimals (up to 5) while the interval's
+    ends would print the same: a tight interval never reads as ``[1.00, 1.00]``."""
+    digits = 2
+    while digits < 5 and lo != hi and f"{lo:.{digits}f}" == f"{hi:.{digits}f}":
+        digits += 1
+    return f"ratio {ratio:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 class Report:
     """What :func:`reference_impl.compare.run` returns.
 
@@ -209,7 +218,7 @@ class Report:
         r = self.comparison.set_index("strategy").loc[strategy]
         where = _steps_text(self.steps, self.total_steps)
         ref, m = self.reference, f"±{self.margin * 100:g}%"
-        ci = f"ratio {r.ratio:.2f} [{r.ratio_lo:.2f}, {r.ratio_hi:.2f}]"
+        ci = _ratio_text(r.ratio, r.ratio_lo, r.ratio_hi)
         n = f"{int(r.seeds)} seeds"
         if r.verdict == "better":
             return (
