@@ -174,8 +174,9 @@ def test_the_map_at_the_cpu_budget_has_its_parts():
 
 
 def test_a_table_from_before_the_updates_column_reads_as_final_models(tmp_path):
+    # the grid's table in the layout written before the column existed
     old = pd.read_parquet("results/experiments-standard.parquet").head(50)
-    assert "updates" not in old.columns  # written before the column existed
+    old = old.drop(columns="updates", errors="ignore")
     path = tmp_path / "old.parquet"
     old.to_parquet(path)
     df = grid.load_results(path)
