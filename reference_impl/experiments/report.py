@@ -80,32 +80,27 @@ def ratio_ci(
 ) -> pd.DataFrame:
     """Mean error of each strategy divided by the reference's mean, per (task,
     framework, cell), with a 95% bootstrap CI that resamples seeds (pairs) jointly."""
-    v = values(df, what)
     rows = []
-    for keys, g in v.groupby(list(GROUP), observed=True, sort=True):
+    for group, s, a, b in _paired(values(df, what), reference):
+        if a.size == 0:
+            continue
+        ratio, lo, hi = stats.ratio_of_means(a, b, n_boot=n_boot)
+        rows.append({**group, "strategy": s, "ratio": ratio, "lo": lo, "hi": hi, "n": a.size})
+    return pd.DataFrame(rows)
+
+
+def _paired(values_: pd.DataFrame, reference: str):
+    """Per (task, framework, cell) and strategy other than ``reference``: the group's keys
+    as a dict, the strategy, and its and the reference's values paired by seed."""
+    for keys, g in values_.groupby(list(GROUP), observed=True, sort=True):
         table = g.pivot_table(index="seed", columns="strategy", values="value")
         if reference not in table:
             continue
         for s in table.columns:
-            both = table[[s, reference]].dropna()
-            if s == reference or both.empty:
-                continue
-            a, b = both[s].to_numpy(), both[reference].to_numpy()
-            rng = np.random.default_rng(0)
-            idx = rng.integers(0, a.size, size=(n_boot, a.size))
-            boots = a[idx].mean(1) / b[idx].mean(1)
-            lo, hi = np.quantile(boots, [0.025, 0.975])
-            rows.append(
-                {
-                    **dict(zip(GROUP, keys, strict=True)),
-                    "strategy": s,
-                    "ratio": a.mean() / b.mean(),
-                    "lo": lo,
-                    "hi": hi,
-                    "n": a.size,
-                }
-            )
-    return pd.DataFrame(rows)
+            if s != reference:
+                both = table[[s, reference]].dropna()
+                group = dict(zip(GROUP, keys, strict=True))
+                yield group, s, both[s].to_numpy(), both[reference].to_numpy()
 
 
 def curves(
@@ -193,28 +188,20 @@ def map_compare(
     and the ``verdict`` (:func:`stats.verdict`) from the Holm-corrected values.
     """
     rows = []
-    for keys, g in values_.groupby(list(GROUP), observed=True, sort=True):
-        table = g.pivot_table(index="seed", columns="strategy", values="value")
-        if reference not in table:
-            continue
-        for s in table.columns:
-            if s == reference:
-                continue
-            both = table[[s, reference]].dropna()
-            a, b = both[s].to_numpy(), both[reference].to_numpy()
-            est, lo, hi = stats.ratio_of_means(a, b)
-            rows.append(
-                {
-                    **dict(zip(GROUP, keys, strict=True)),
-                    "strategy": s,
-                    "n": int(a.size),
-                    "ratio": est,
-                    "lo": lo,
-                    "hi": hi,
-                    "p": stats.paired_test(a, b),
-                    "p_equiv": stats.tost(a, b, margin) if a.size > 1 else np.nan,
-                }
-            )
+    for group, s, a, b in _paired(values_, reference):
+        est, lo, hi = stats.ratio_of_means(a, b)
+        rows.append(
+            {
+                **group,
+                "strategy": s,
+                "n": int(a.size),
+                "ratio": est,
+                "lo": lo,
+                "hi": hi,
+                "p": stats.paired_test(a, b),
+                "p_equiv": stats.tost(a, b, margin) if a.size > 1 else np.nan,
+            }
+        )
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -236,16 +223,13 @@ def pool_frameworks(
     a bootstrap CI (:func:`stats.geometric_mean_ratio`), the frameworks it pools, and
     whether their verdicts agree (``agree``; ``verdict`` is the common one, else
     "frameworks disagree")."""
+    pairs = {
+        (group["task"], group["framework"], group["cell"], s): (a, b)
+        for group, s, a, b in _paired(values_, reference)
+    }
     rows = []
     for (task, cell, s), g in comparison.groupby(["task", "cell", "strategy"], sort=True):
-        groups = []
-        for f in sorted(g["framework"]):
-            v = values_[
-                (values_["task"] == task) & (values_["framework"] == f) & (values_["cell"] == cell)
-            ]
-            t = v.pivot_table(index="seed", columns="strategy", values="value")
-            both = t[[s, reference]].dropna()
-            groups.append((both[s].to_numpy(), both[reference].to_numpy()))
+        groups = [pairs[task, f, cell, s] for f in sorted(g["framework"])]
         est, lo, hi = stats.geometric_mean_ratio(groups)
         verdicts = set(g["verdict"])
         rows.append(
